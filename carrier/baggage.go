@@ -1,0 +1,331 @@
+package carrier
+
+import (
+	"slices"
+	"strings"
+	"unicode/utf8"
+
+	"go.opentelemetry.io/otel/baggage"
+)
+
+// W3C Baggage limits. Beyond them whole members are dropped, never part of one.
+const (
+	maxBaggageMembers = 64
+	maxBaggageBytes   = 8192
+)
+
+// BaggageFilter decides which baggage keys may leave this process. It is
+// applied on produce (inject), because baggage is copied into every hop and
+// often into logs. It returns true to keep the key.
+type BaggageFilter func(key string) bool
+
+// sensitiveWords are the key fragments DenySensitive refuses.
+var sensitiveWords = []string{"password", "secret", "token", "authorization", "cookie", "email", "ssn", "card"}
+
+// DenySensitive is the default produce-side filter. It drops keys that look
+// like secrets or personal data: any key containing password, secret, token,
+// authorization, cookie, email, ssn or card, in any case.
+func DenySensitive(key string) bool {
+	for _, w := range sensitiveWords {
+		if containsFold(key, w) {
+			return false
+		}
+	}
+	return true
+}
+
+// AllowKeys returns a filter that keeps exactly the listed keys.
+func AllowKeys(keys ...string) BaggageFilter {
+	set := make(map[string]struct{}, len(keys))
+	for _, k := range keys {
+		set[k] = struct{}{}
+	}
+	return func(key string) bool {
+		_, ok := set[key]
+		return ok
+	}
+}
+
+// DenyKeys returns a filter that drops every key containing one of words,
+// ignoring ASCII case. DenyKeys() with no words keeps everything.
+func DenyKeys(words ...string) BaggageFilter {
+	words = slices.Clone(words)
+	return func(key string) bool {
+		for _, w := range words {
+			if containsFold(key, w) {
+				return false
+			}
+		}
+		return true
+	}
+}
+
+// containsFold reports whether s contains the lowercase ASCII word w,
+// ignoring ASCII case, without allocating.
+func containsFold(s, w string) bool {
+	if len(w) == 0 {
+		return true
+	}
+outer:
+	for i := 0; i+len(w) <= len(s); i++ {
+		for j := 0; j < len(w); j++ {
+			c := s[i+j]
+			if 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			if c != w[j] {
+				continue outer
+			}
+		}
+		return true
+	}
+	return false
+}
+
+// bagMember is one parsed baggage list-member.
+type bagMember struct {
+	key, value string // value percent-decoded
+	props      []baggage.Property
+	size       int // encoded size on the wire
+}
+
+// bagList collects parsed members without allocating for typical sizes.
+type bagList struct {
+	buf   [8]bagMember
+	m     []bagMember
+	bytes int
+}
+
+func (l *bagList) add(m bagMember) {
+	if l.m == nil {
+		l.m = l.buf[:0]
+	}
+	if len(l.m) > 0 {
+		l.bytes++ // comma
+	}
+	l.bytes += m.size
+	l.m = append(l.m, m)
+}
+
+func (l *bagList) index(key string) int {
+	for i, m := range l.m {
+		if m.key == key {
+			return i
+		}
+	}
+	return -1
+}
+
+// parseBaggageField adds the members of one baggage header field to l.
+// keep decides, after parsing, whether a key is admitted (the trust policy);
+// invalid members, members over the limits and refused keys are dropped one
+// by one and reported to drop.
+func parseBaggageField(l *bagList, field string, keep func(string) bool, drop func(dropReason)) {
+	for field != "" {
+		var raw string
+		raw, field, _ = strings.Cut(field, ",")
+		raw = trimOWS(raw)
+		if raw == "" {
+			continue
+		}
+		m, ok := parseBaggageMember(raw)
+		if !ok {
+			drop(dropInvalidMember)
+			continue
+		}
+		if keep != nil && !keep(m.key) {
+			drop(dropUntrusted)
+			continue
+		}
+		if i := l.index(m.key); i >= 0 {
+			// W3C allows duplicates but OpenTelemetry keeps one per key; the
+			// last one wins, as in baggage.Parse.
+			l.bytes += m.size - l.m[i].size
+			l.m[i] = m
+			continue
+		}
+		extra := m.size
+		if len(l.m) > 0 {
+			extra++
+		}
+		if len(l.m) >= maxBaggageMembers {
+			drop(dropTooMany)
+			continue
+		}
+		if l.bytes+extra > maxBaggageBytes {
+			drop(dropTooLarge)
+			continue
+		}
+		l.add(m)
+	}
+}
+
+// parseBaggageMember parses key OWS "=" OWS value *( OWS ";" OWS property ).
+func parseBaggageMember(raw string) (bagMember, bool) {
+	kv, rawProps, hasProps := strings.Cut(raw, ";")
+	k, v, ok := strings.Cut(kv, "=")
+	if !ok {
+		return bagMember{}, false
+	}
+	key := trimOWS(k)
+	if !validToken(key) {
+		return bagMember{}, false
+	}
+	value, ok := decodeBaggageValue(trimOWS(v))
+	if !ok {
+		return bagMember{}, false
+	}
+	m := bagMember{key: key, value: value, size: len(raw)}
+	if hasProps {
+		for rawProps != "" {
+			var p string
+			p, rawProps, _ = strings.Cut(rawProps, ";")
+			p = trimOWS(p)
+			if p == "" {
+				continue
+			}
+			pk, pv, hasValue := strings.Cut(p, "=")
+			pk = trimOWS(pk)
+			var prop baggage.Property
+			var err error
+			if hasValue {
+				dv, ok := decodeBaggageValue(trimOWS(pv))
+				if !ok {
+					return bagMember{}, false
+				}
+				prop, err = baggage.NewKeyValuePropertyRaw(pk, dv)
+			} else {
+				prop, err = baggage.NewKeyProperty(pk)
+			}
+			if err != nil || !validToken(pk) {
+				return bagMember{}, false
+			}
+			m.props = append(m.props, prop)
+		}
+	}
+	return m, true
+}
+
+// validToken reports whether s is an RFC 7230 token, the W3C baggage key.
+func validToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !isTchar(s[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func isTchar(c byte) bool {
+	switch {
+	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		return true
+	}
+	return strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
+}
+
+// isBaggageOctet reports whether c may stand unencoded in a baggage value:
+// %x21 / %x23-2B / %x2D-3A / %x3C-5B / %x5D-7E.
+func isBaggageOctet(c byte) bool {
+	return c == 0x21 || (0x23 <= c && c <= 0x2B) || (0x2D <= c && c <= 0x3A) ||
+		(0x3C <= c && c <= 0x5B) || (0x5D <= c && c <= 0x7E)
+}
+
+// decodeBaggageValue checks the value grammar and percent-decodes it. Invalid
+// UTF-8 after decoding is replaced by U+FFFD, as OpenTelemetry does, so the
+// value is always a valid string. It allocates only when the value has a
+// percent escape.
+func decodeBaggageValue(v string) (string, bool) {
+	escapes := 0
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if c == '%' {
+			if i+2 >= len(v) {
+				return "", false
+			}
+			if _, ok := unhexAny(v[i+1]); !ok {
+				return "", false
+			}
+			if _, ok := unhexAny(v[i+2]); !ok {
+				return "", false
+			}
+			escapes++
+			i += 2
+			continue
+		}
+		if !isBaggageOctet(c) {
+			return "", false
+		}
+	}
+	if escapes == 0 {
+		return v, true
+	}
+	out := make([]byte, 0, len(v)-2*escapes)
+	for i := 0; i < len(v); i++ {
+		if v[i] == '%' {
+			h, _ := unhexAny(v[i+1])
+			l, _ := unhexAny(v[i+2])
+			out = append(out, h<<4|l)
+			i += 2
+			continue
+		}
+		out = append(out, v[i])
+	}
+	if !utf8.Valid(out) {
+		return strings.ToValidUTF8(string(out), "\uFFFD"), true
+	}
+	return string(out), true
+}
+
+func unhexAny(c byte) (byte, bool) {
+	if 'A' <= c && c <= 'F' {
+		return c - 'A' + 10, true
+	}
+	return unhex(c)
+}
+
+// appendBaggageValue percent-encodes v into dst. Every byte that is not a
+// baggage-octet is encoded, "%" included, so decoding is exact.
+func appendBaggageValue(dst []byte, v string) []byte {
+	const upperHex = "0123456789ABCDEF"
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if isBaggageOctet(c) && c != '%' {
+			dst = append(dst, c)
+			continue
+		}
+		dst = append(dst, '%', upperHex[c>>4], upperHex[c&0x0f])
+	}
+	return dst
+}
+
+func baggageValueLen(v string) int {
+	n := len(v)
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; !isBaggageOctet(c) || c == '%' {
+			n += 2
+		}
+	}
+	return n
+}
+
+// toBaggage builds OpenTelemetry baggage from the parsed members.
+func (l *bagList) toBaggage() baggage.Baggage {
+	if len(l.m) == 0 {
+		return baggage.Baggage{}
+	}
+	var buf [8]baggage.Member
+	members := buf[:0]
+	for _, m := range l.m {
+		bm, err := baggage.NewMemberRaw(m.key, m.value, m.props...)
+		if err != nil {
+			continue
+		}
+		members = append(members, bm)
+	}
+	b, _ := baggage.New(members...) // limits were applied while parsing
+	return b
+}

@@ -1,0 +1,546 @@
+package carrier
+
+import (
+	"context"
+	"slices"
+	"strconv"
+	"strings"
+	"unsafe"
+
+	"go.opentelemetry.io/otel/baggage"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// ByteCarrier is implemented by carriers that keep header values as bytes in
+// an ordered list, such as Kafka record headers. The Propagator reads and
+// writes them directly, without converting every value to a string, and
+// writes all of a message's values into one shared buffer.
+type ByteCarrier interface {
+	propagation.TextMapCarrier
+	// Len returns the number of headers.
+	Len() int
+	// At returns the i-th header. Keys compare case-sensitively.
+	At(i int) (key string, value []byte)
+	// SetBytes replaces every header named key by one with value. The
+	// carrier may keep value; the Propagator never reuses it.
+	SetBytes(key string, value []byte)
+}
+
+// Propagator carries a journey across a process boundary: W3C traceparent and
+// tracestate (Trace Context Level 2), W3C baggage and the session ID. It also
+// reads and writes the retry and dead-letter headers for the broker
+// packages. It is a propagation.TextMapPropagator, so it can be installed
+// globally with otel.SetTextMapPropagator, and then otelhttp and otelgrpc
+// carry the session too. A Propagator is safe for concurrent use.
+type Propagator struct {
+	cfg    config
+	drops  *drops
+	rec    [numFields]func(dropReason)
+	fields []string
+	allow  map[string]struct{}
+}
+
+var _ propagation.TextMapPropagator = (*Propagator)(nil)
+
+// NewPropagator returns a Propagator configured by opts.
+func NewPropagator(opts ...Option) *Propagator {
+	c := newConfig(opts)
+	p := &Propagator{
+		cfg:    c,
+		drops:  newDrops(c.mp, c.logger),
+		fields: []string{c.names.Traceparent, c.names.Tracestate, c.names.Baggage, c.names.SessionID},
+	}
+	for f := range numFields {
+		p.rec[f] = p.drops.recorder(f)
+	}
+	if c.trust == Untrusted {
+		p.allow = make(map[string]struct{}, len(c.allowBaggage)+1)
+		for _, k := range c.allowBaggage {
+			p.allow[k] = struct{}{}
+		}
+		p.allow[BaggageSessionKey] = struct{}{} // judged by the session format instead
+	}
+	return p
+}
+
+// Names returns the header names p uses.
+func (p *Propagator) Names() Names { return p.cfg.names }
+
+// Trust returns p's trust policy.
+func (p *Propagator) Trust() Trust { return p.cfg.trust }
+
+// Fields returns the headers Inject sets.
+func (p *Propagator) Fields() []string { return slices.Clone(p.fields) }
+
+// Inject writes the journey in ctx into c: traceparent and tracestate of the
+// span context, the baggage that passes the produce-side filter, and the
+// session ID, both as its own header and as the baggage member session.id.
+// Inject replaces existing values; it never adds a second traceparent. All
+// values are written into one buffer.
+func (p *Propagator) Inject(ctx context.Context, c propagation.TextMapCarrier) {
+	sc := trace.SpanContextFromContext(ctx)
+	sess := SessionFromContext(ctx)
+	if sess != "" && !validSession(sess) {
+		p.drops.add(fieldSession, dropInvalid)
+		sess = ""
+	}
+	members := baggage.FromContext(ctx).Members()
+	var l2 *levelTwoState
+	if sc.IsValid() {
+		if s, ok := ctx.Value(levelTwoKey{}).(*levelTwoState); ok && s.traceID == sc.TraceID() {
+			l2 = s
+		}
+	}
+
+	// Size everything first so the values share one allocation.
+	n := 0
+	if sc.IsValid() {
+		n += traceparentLen
+		n += traceStateLen(sc.TraceState())
+		if l2 != nil {
+			n += len(l2.members) + 1
+		}
+	}
+	if sess != "" {
+		n += len(sess) + len(BaggageSessionKey) + 2 + baggageValueLen(sess) // header + baggage member
+	}
+	for _, m := range members {
+		n += len(m.Key()) + 2 + baggageValueLen(m.Value())
+	}
+	buf := make([]byte, 0, n+16)
+
+	var spans [4][2]int // [start,end) of traceparent, tracestate, baggage, session
+	if sc.IsValid() {
+		buf = appendTraceparent(buf, sc)
+		spans[0][1] = len(buf)
+		spans[1][0] = len(buf)
+		buf = appendTraceState(buf, sc.TraceState(), l2)
+		spans[1][1] = len(buf)
+	}
+	spans[2][0] = len(buf)
+	buf = p.appendBaggage(buf, members, sess)
+	spans[2][1] = len(buf)
+	spans[3][0] = len(buf)
+	buf = append(buf, sess...)
+	spans[3][1] = len(buf)
+
+	names := [4]string{p.cfg.names.Traceparent, p.cfg.names.Tracestate, p.cfg.names.Baggage, p.cfg.names.SessionID}
+	if bc, ok := c.(ByteCarrier); ok {
+		for i, s := range spans {
+			if s[1] > s[0] {
+				bc.SetBytes(names[i], buf[s[0]:s[1]:s[1]])
+			}
+		}
+		return
+	}
+	// buf is never written again, so one string can share its memory.
+	str := unsafe.String(unsafe.SliceData(buf), len(buf))
+	for i, s := range spans {
+		if s[1] > s[0] {
+			c.Set(names[i], str[s[0]:s[1]])
+		}
+	}
+}
+
+func traceStateLen(ts trace.TraceState) int {
+	n := 0
+	ts.Walk(func(k, v string) bool {
+		n += len(k) + len(v) + 2
+		return true
+	})
+	return n
+}
+
+// appendTraceState writes ts, then the Level 2 members OpenTelemetry could
+// not hold, capped at 32 members in all.
+func appendTraceState(dst []byte, ts trace.TraceState, l2 *levelTwoState) []byte {
+	start := len(dst)
+	count := 0
+	ts.Walk(func(k, v string) bool {
+		if count > 0 {
+			dst = append(dst, ',')
+		}
+		dst = append(dst, k...)
+		dst = append(dst, '=')
+		dst = append(dst, v...)
+		count++
+		return true
+	})
+	if l2 == nil || count+l2.count > maxTracestateMembers {
+		return dst
+	}
+	if len(dst) > start {
+		dst = append(dst, ',')
+	}
+	return append(dst, l2.members...)
+}
+
+// appendBaggage writes the session first, so it survives any truncation,
+// then the members the filter admits, sorted by key so equal baggage gives
+// equal bytes. Over 64 members or 8192 bytes, whole members are dropped.
+func (p *Propagator) appendBaggage(dst []byte, members []baggage.Member, sess string) []byte {
+	start := len(dst)
+	count := 0
+	if sess != "" {
+		dst = append(dst, BaggageSessionKey...)
+		dst = append(dst, '=')
+		dst = appendBaggageValue(dst, sess)
+		count++
+	}
+	slices.SortFunc(members, func(a, b baggage.Member) int { return strings.Compare(a.Key(), b.Key()) })
+	for _, m := range members {
+		if m.Key() == BaggageSessionKey {
+			continue
+		}
+		if !p.cfg.filter(m.Key()) {
+			p.drops.add(fieldBaggage, dropFiltered)
+			continue
+		}
+		if count >= maxBaggageMembers {
+			p.drops.add(fieldBaggage, dropTooMany)
+			continue
+		}
+		mark := len(dst)
+		if count > 0 {
+			dst = append(dst, ',')
+		}
+		dst = append(dst, m.Key()...)
+		dst = append(dst, '=')
+		dst = appendBaggageValue(dst, m.Value())
+		for _, prop := range m.Properties() {
+			dst = append(dst, ';')
+			dst = append(dst, prop.Key()...)
+			if v, ok := prop.Value(); ok {
+				dst = append(dst, '=')
+				dst = appendBaggageValue(dst, v)
+			}
+		}
+		if len(dst)-start > maxBaggageBytes {
+			dst = dst[:mark]
+			p.drops.add(fieldBaggage, dropTooLarge)
+			continue
+		}
+		count++
+	}
+	return dst
+}
+
+// incoming is what Extract read from a carrier, as strings that share one
+// allocation where the carrier held bytes.
+type incoming struct {
+	traceparent      string
+	traceparentBytes []byte
+	traceparents     int
+	tracestate       []string
+	baggage          []string
+	session          string
+	tsBuf, bagBuf    [2]string
+}
+
+func (in *incoming) init() {
+	in.tracestate = in.tsBuf[:0]
+	in.baggage = in.bagBuf[:0]
+}
+
+func (p *Propagator) read(c propagation.TextMapCarrier, in *incoming) {
+	in.init()
+	names := &p.cfg.names
+	switch c := c.(type) {
+	case ByteCarrier:
+		p.readBytes(c, in)
+	case propagation.ValuesGetter:
+		tp := c.Values(names.Traceparent)
+		in.traceparents = len(tp)
+		if len(tp) > 0 {
+			in.traceparent = tp[0]
+		}
+		in.tracestate = append(in.tracestate, c.Values(names.Tracestate)...)
+		in.baggage = append(in.baggage, c.Values(names.Baggage)...)
+		if s := c.Values(names.SessionID); len(s) > 0 {
+			in.session = s[0]
+		}
+	default:
+		if in.traceparent = c.Get(names.Traceparent); in.traceparent != "" {
+			in.traceparents = 1
+		}
+		if v := c.Get(names.Tracestate); v != "" {
+			in.tracestate = append(in.tracestate, v)
+		}
+		if v := c.Get(names.Baggage); v != "" {
+			in.baggage = append(in.baggage, v)
+		}
+		in.session = c.Get(names.SessionID)
+	}
+}
+
+// readBytes scans a byte carrier once and copies the values that must
+// outlive it into a single string.
+func (p *Propagator) readBytes(c ByteCarrier, in *incoming) {
+	names := &p.cfg.names
+	const maxIdx = 8
+	var ts, bag [maxIdx]int
+	nts, nbag, sess := 0, 0, -1
+	total := 0
+	for i := range c.Len() {
+		k, v := c.At(i)
+		switch k {
+		case names.Traceparent:
+			if in.traceparents == 0 {
+				in.traceparentBytes = v
+			}
+			in.traceparents++
+		case names.Tracestate:
+			if nts < maxIdx {
+				ts[nts] = i
+				nts++
+				total += len(v)
+			}
+		case names.Baggage:
+			if nbag < maxIdx {
+				bag[nbag] = i
+				nbag++
+				total += len(v)
+			}
+		case names.SessionID:
+			if sess < 0 {
+				sess = i
+				total += len(v)
+			}
+		}
+	}
+	if total == 0 {
+		return
+	}
+	buf := make([]byte, 0, total)
+	str := func(i int) string {
+		_, v := c.At(i)
+		start := len(buf)
+		buf = append(buf, v...)
+		return unsafe.String(unsafe.SliceData(buf[start:]), len(v))
+	}
+	for _, i := range ts[:nts] {
+		in.tracestate = append(in.tracestate, str(i))
+	}
+	for _, i := range bag[:nbag] {
+		in.baggage = append(in.baggage, str(i))
+	}
+	if sess >= 0 {
+		in.session = str(sess)
+	}
+}
+
+// remoteLinkKey holds the creation context of untrusted input.
+type remoteLinkKey struct{}
+
+// levelTwoKey holds tracestate members OpenTelemetry-Go cannot represent.
+type levelTwoKey struct{}
+
+// RemoteLink returns the span context that an Untrusted propagator extracted.
+// Untrusted input must not become a parent; a span that starts under ctx
+// should link to it instead. tracebridge's consumers and HTTP middleware do.
+func RemoteLink(ctx context.Context) (trace.SpanContext, bool) {
+	sc, ok := ctx.Value(remoteLinkKey{}).(trace.SpanContext)
+	return sc, ok
+}
+
+// Extract reads the journey from c into a copy of ctx. A valid traceparent
+// becomes the remote parent (Trusted) or a RemoteLink (Untrusted); anything
+// invalid is dropped, counted and logged once, and the caller simply starts a
+// new trace. Extract never fails and never panics on bad input.
+func (p *Propagator) Extract(ctx context.Context, c propagation.TextMapCarrier) context.Context {
+	var in incoming
+	p.read(c, &in)
+	return p.extract(ctx, &in)
+}
+
+func (p *Propagator) extract(ctx context.Context, in *incoming) context.Context {
+	var sc trace.SpanContext
+	valid := false
+	switch {
+	case in.traceparents > 1:
+		p.drops.add(fieldTraceparent, dropDuplicate)
+	case in.traceparentBytes != nil:
+		if sc, valid = parseTraceparent(in.traceparentBytes); !valid {
+			p.drops.add(fieldTraceparent, dropInvalid)
+		}
+	case in.traceparent != "":
+		if sc, valid = parseTraceparent(in.traceparent); !valid {
+			p.drops.add(fieldTraceparent, dropInvalid)
+		}
+	}
+	if valid {
+		var l tsList
+		for _, f := range in.tracestate {
+			parseTracestateField(&l, f, p.rec[fieldTracestate])
+		}
+		l.truncate(p.rec[fieldTracestate])
+		if len(l.m) > 0 {
+			joined := ""
+			if len(in.tracestate) == 1 && len(l.m) > 0 && l.encodedLen() == len(in.tracestate[0]) {
+				joined = in.tracestate[0] // already normal: no copy
+			} else {
+				joined = string(l.appendTo(make([]byte, 0, l.encodedLen())))
+			}
+			ts, extra := l.toTraceState(joined)
+			sc = sc.WithTraceState(ts)
+			if extra != "" {
+				ctx = context.WithValue(ctx, levelTwoKey{}, &levelTwoState{
+					traceID: sc.TraceID(), members: extra, count: strings.Count(extra, ",") + 1})
+			}
+		}
+		if p.cfg.trust == Trusted {
+			ctx = trace.ContextWithRemoteSpanContext(ctx, sc)
+		} else {
+			ctx = context.WithValue(ctx, remoteLinkKey{}, sc)
+		}
+	} else if len(in.tracestate) > 0 {
+		p.drops.add(fieldTracestate, dropOrphan)
+	}
+	return p.extractBaggage(ctx, in)
+}
+
+func (p *Propagator) sessionOK(id string) bool {
+	return validSession(id) && (p.cfg.trust == Trusted || p.cfg.sessionFormat(id))
+}
+
+func (p *Propagator) extractBaggage(ctx context.Context, in *incoming) context.Context {
+	sess := ""
+	if in.session != "" {
+		if p.sessionOK(in.session) {
+			sess = in.session
+		} else if !validSession(in.session) {
+			p.drops.add(fieldSession, dropInvalid)
+		} else {
+			p.drops.add(fieldSession, dropUntrusted)
+		}
+	}
+	var l bagList
+	var keep func(string) bool
+	if p.allow != nil {
+		keep = p.allowed
+	}
+	for _, f := range in.baggage {
+		parseBaggageField(&l, f, keep, p.rec[fieldBaggage])
+	}
+	if len(l.m) == 0 && in.session == "" && len(in.baggage) == 0 {
+		return ctx
+	}
+	// The session.id member and the session header must agree; the header
+	// wins, and the member is the fallback when the header is missing.
+	if i := l.index(BaggageSessionKey); i >= 0 {
+		switch v := l.m[i].value; {
+		case sess == "" && in.session == "" && p.sessionOK(v):
+			sess = v
+		case sess == v:
+		default:
+			if sess == "" {
+				p.drops.add(fieldSession, dropInvalid)
+			}
+			l.m = slices.Delete(l.m, i, i+1)
+		}
+	}
+	if sess != "" && l.index(BaggageSessionKey) < 0 {
+		l.add(bagMember{key: BaggageSessionKey, value: sess, size: len(BaggageSessionKey) + 1 + baggageValueLen(sess)})
+	}
+	ctx = baggage.ContextWithBaggage(ctx, l.toBaggage())
+	// A session set explicitly further up would shadow the message's own.
+	if ctx.Value(sessionKey{}) != nil {
+		ctx = context.WithValue(ctx, sessionKey{}, &session{id: sess})
+	}
+	return ctx
+}
+
+func (p *Propagator) allowed(key string) bool {
+	_, ok := p.allow[key]
+	return ok
+}
+
+// Retry is the retry metadata of a republished message.
+type Retry struct {
+	// Attempt is the number of the attempt this message is for, counted
+	// from 1. Zero means the header was absent.
+	Attempt int
+	// Previous names the process span of the failed attempt before it.
+	Previous trace.SpanContext
+}
+
+// InjectRetry writes the retry-attempt and retry-previous headers. An attempt
+// below 2 writes nothing: absence means attempt 1.
+func (p *Propagator) InjectRetry(c propagation.TextMapCarrier, r Retry) {
+	if r.Attempt < 2 {
+		return
+	}
+	c.Set(p.cfg.names.RetryAttempt, strconv.Itoa(r.Attempt))
+	if r.Previous.IsValid() {
+		c.Set(p.cfg.names.RetryPrevious, FormatTraceparent(r.Previous))
+	}
+}
+
+// ExtractRetry reads the retry headers. A malformed attempt number or
+// previous traceparent is dropped and counted, never an error.
+func (p *Propagator) ExtractRetry(c propagation.TextMapCarrier) Retry {
+	var r Retry
+	if v := c.Get(p.cfg.names.RetryAttempt); v != "" {
+		if n, err := strconv.Atoi(v); err == nil && n >= 2 && n < 1<<30 {
+			r.Attempt = n
+		} else {
+			p.drops.add(fieldRetry, dropInvalid)
+		}
+	}
+	if v := c.Get(p.cfg.names.RetryPrevious); v != "" {
+		if sc, ok := parseTraceparent(v); ok {
+			r.Previous = sc
+		} else {
+			p.drops.add(fieldRetry, dropInvalid)
+		}
+	}
+	return r
+}
+
+// DeadLetter describes why a message was moved to its dead-letter
+// destination.
+type DeadLetter struct {
+	Reason   string // the last error, truncated to one line
+	Attempts int    // how many attempts were made
+	Source   string // the original destination
+}
+
+// maxReasonLen caps the dead-letter-reason header.
+const maxReasonLen = 512
+
+// InjectDeadLetter writes the dead-letter-* headers. The reason is cut to
+// one line of at most 512 bytes, with control characters replaced, because
+// headers are often logged and some brokers reject them otherwise.
+func (p *Propagator) InjectDeadLetter(c propagation.TextMapCarrier, d DeadLetter) {
+	c.Set(p.cfg.names.DeadLetterReason, oneLine(d.Reason, maxReasonLen))
+	c.Set(p.cfg.names.DeadLetterAttempts, strconv.Itoa(d.Attempts))
+	c.Set(p.cfg.names.DeadLetterSource, oneLine(d.Source, maxReasonLen))
+}
+
+// ExtractDeadLetter reads the dead-letter-* headers; ok is false when the
+// message carries none.
+func (p *Propagator) ExtractDeadLetter(c propagation.TextMapCarrier) (d DeadLetter, ok bool) {
+	d.Reason = c.Get(p.cfg.names.DeadLetterReason)
+	d.Source = c.Get(p.cfg.names.DeadLetterSource)
+	d.Attempts, _ = strconv.Atoi(c.Get(p.cfg.names.DeadLetterAttempts))
+	return d, d.Reason != "" || d.Source != "" || d.Attempts != 0
+}
+
+func oneLine(s string, limit int) string {
+	if len(s) > limit {
+		s = s[:limit]
+		for len(s) > 0 && s[len(s)-1]&0xC0 == 0x80 { // do not split a UTF-8 sequence
+			s = s[:len(s)-1]
+		}
+		if len(s) > 0 && s[len(s)-1] >= 0xC0 {
+			s = s[:len(s)-1]
+		}
+	}
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s)
+}

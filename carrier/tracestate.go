@@ -1,0 +1,191 @@
+package carrier
+
+import (
+	"strings"
+
+	"go.opentelemetry.io/otel/trace"
+)
+
+// W3C Trace Context limits for tracestate.
+const (
+	maxTracestateMembers = 32
+	// Entries longer than this are the first to go when a tracestate must
+	// be truncated (Trace Context, "tracestate Limits").
+	longTracestateMember = 128
+)
+
+// tsMember is one tracestate list-member, as substrings of the input.
+type tsMember struct{ key, value string }
+
+// tsList collects list-members without allocating for typical sizes.
+type tsList struct {
+	buf [8]tsMember
+	m   []tsMember
+}
+
+func (l *tsList) add(m tsMember) {
+	if l.m == nil {
+		l.m = l.buf[:0]
+	}
+	l.m = append(l.m, m)
+}
+
+func (l *tsList) has(key string) bool {
+	for _, m := range l.m {
+		if m.key == key {
+			return true
+		}
+	}
+	return false
+}
+
+// parseTracestateField adds the members of one tracestate header field to l,
+// by the Level 2 grammar. Empty and whitespace-only members are allowed and
+// skipped. Invalid members and repeated keys are dropped one by one (the
+// first occurrence of a key is the most recent position and wins); drop is
+// told why. Multiple header fields are combined by calling this once per
+// field, which is what RFC 7230 field combination with "," amounts to.
+func parseTracestateField(l *tsList, field string, drop func(dropReason)) {
+	for field != "" {
+		var m string
+		m, field, _ = strings.Cut(field, ",")
+		m = trimOWS(m)
+		if m == "" {
+			continue
+		}
+		key, value, ok := strings.Cut(m, "=")
+		if !ok || !validTracestateKey(key) || !validTracestateValue(value) {
+			drop(dropInvalidMember)
+			continue
+		}
+		if l.has(key) {
+			drop(dropDuplicate)
+			continue
+		}
+		l.add(tsMember{key, value})
+	}
+}
+
+// truncate cuts l to the member limit: entries longer than 128 characters go
+// first, then entries from the end, as Trace Context prescribes.
+func (l *tsList) truncate(drop func(dropReason)) {
+	for len(l.m) > maxTracestateMembers {
+		victim := len(l.m) - 1
+		for i := len(l.m) - 1; i >= 0; i-- {
+			if len(l.m[i].key)+1+len(l.m[i].value) > longTracestateMember {
+				victim = i
+				break
+			}
+		}
+		l.m = append(l.m[:victim], l.m[victim+1:]...)
+		drop(dropTooMany)
+	}
+}
+
+func (l *tsList) encodedLen() int {
+	n := 0
+	for i, m := range l.m {
+		if i > 0 {
+			n++
+		}
+		n += len(m.key) + 1 + len(m.value)
+	}
+	return n
+}
+
+func (l *tsList) appendTo(dst []byte) []byte {
+	for i, m := range l.m {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = append(dst, m.key...)
+		dst = append(dst, '=')
+		dst = append(dst, m.value...)
+	}
+	return dst
+}
+
+// validTracestateKey implements the Level 2 key grammar:
+//
+//	key     = ( lcalpha / DIGIT ) 0*255 ( keychar )
+//	keychar = lcalpha / DIGIT / "_" / "-" / "*" / "/" / "@"
+//
+// Level 1's tenant@system split, which OpenTelemetry-Go still enforces, is
+// gone: "@" may appear anywhere after the first character, and a key may be
+// 256 characters long whatever its shape.
+func validTracestateKey(k string) bool {
+	if len(k) == 0 || len(k) > 256 {
+		return false
+	}
+	if c := k[0]; !('a' <= c && c <= 'z' || '0' <= c && c <= '9') {
+		return false
+	}
+	for i := 1; i < len(k); i++ {
+		c := k[i]
+		switch {
+		case 'a' <= c && c <= 'z', '0' <= c && c <= '9':
+		case c == '_', c == '-', c == '*', c == '/', c == '@':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// validTracestateValue implements value = 0*255(chr) nblk-chr, where chr is
+// printable ASCII but "," and "=", and the last character is not a space.
+func validTracestateValue(v string) bool {
+	if len(v) == 0 || len(v) > 256 || v[len(v)-1] == ' ' {
+		return false
+	}
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; c < 0x20 || c > 0x7e || c == ',' || c == '=' {
+			return false
+		}
+	}
+	return true
+}
+
+func trimOWS(s string) string {
+	for len(s) > 0 && (s[0] == ' ' || s[0] == '\t') {
+		s = s[1:]
+	}
+	for len(s) > 0 && (s[len(s)-1] == ' ' || s[len(s)-1] == '\t') {
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
+// toTraceState converts the parsed list into OpenTelemetry's TraceState.
+// OpenTelemetry-Go validates keys by the Level 1 grammar, so a Level 2 key it
+// rejects cannot live in a SpanContext; those members are returned joined as
+// extra and travel beside the span context (see levelTwoState) so that they
+// are forwarded unchanged.
+func (l *tsList) toTraceState(joined string) (ts trace.TraceState, extra string) {
+	if len(l.m) == 0 {
+		return trace.TraceState{}, ""
+	}
+	if ts, err := trace.ParseTraceState(joined); err == nil {
+		return ts, ""
+	}
+	var kept, rest []string
+	for _, m := range l.m {
+		if _, err := (trace.TraceState{}).Insert(m.key, m.value); err == nil {
+			kept = append(kept, m.key+"="+m.value)
+		} else {
+			rest = append(rest, m.key+"="+m.value)
+		}
+	}
+	ts, _ = trace.ParseTraceState(strings.Join(kept, ","))
+	return ts, strings.Join(rest, ",")
+}
+
+// levelTwoState holds tracestate members that OpenTelemetry-Go cannot
+// represent, tied to the trace they arrived with. Inject appends them after
+// the span context's own tracestate while the trace is the same, so they are
+// passed on as the spec requires.
+type levelTwoState struct {
+	traceID trace.TraceID
+	members string
+	count   int
+}

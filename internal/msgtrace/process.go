@@ -1,0 +1,223 @@
+package msgtrace
+
+import (
+	"context"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/propagation"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/tracebridge/tracebridge/carrier"
+)
+
+// Delivery describes one delivery attempt of a message to a consumer.
+type Delivery struct {
+	Message
+	// Carrier holds the message's headers.
+	Carrier propagation.TextMapCarrier
+	// Deliveries is how often the broker has delivered this message,
+	// counting this time (JetStream NumDelivered, RabbitMQ
+	// x-delivery-count + 1); 0 when the broker does not say.
+	Deliveries int
+	// Identity names the message across redeliveries within this process
+	// (topic/partition/offset, stream sequence, message ID). "" turns off
+	// the in-process link to the previous attempt.
+	Identity string
+	// PublishedAt is when the message was produced, for ParentWhileYoung;
+	// zero if unknown.
+	PublishedAt time.Time
+	// Attempt, when not 0, overrides the computed attempt number (used by
+	// in-place retries, which know it).
+	Attempt int
+	// Previous, when valid, is the previous attempt's span (in-place
+	// retries know it without the record).
+	Previous trace.SpanContext
+}
+
+// Process is a started CONSUMER "process" span. It covers the handler up to
+// the settle; End it exactly once.
+type Process struct {
+	Span     trace.Span
+	Attempt  int
+	Creation trace.SpanContext // the message's creation context, if any
+	t        *Tracer
+	start    time.Time
+	identity string
+	dest     string
+	ended    bool
+}
+
+// StartProcess extracts the journey from d.Carrier, works out the attempt
+// number and the previous attempt, and starts the process span by the parent
+// policy. The returned context carries the span, the message's baggage and
+// session, and nothing of any other message.
+func (t *Tracer) StartProcess(ctx context.Context, d Delivery) (context.Context, *Process) {
+	ambient := trace.SpanContextFromContext(ctx)
+	ctx = t.Propagator.Extract(ctx, d.Carrier)
+
+	var creation trace.SpanContext
+	trusted := true
+	if sc, ok := carrier.RemoteLink(ctx); ok {
+		creation, trusted = sc, false
+	} else if sc := trace.SpanContextFromContext(ctx); sc.IsValid() && sc.IsRemote() && !sc.Equal(ambient) {
+		creation = sc
+	}
+
+	retry := t.carrier.ExtractRetry(d.Carrier)
+	attempt := d.Attempt
+	if attempt == 0 {
+		attempt = max(retry.Attempt, 1)
+		if d.Deliveries > 1 {
+			attempt += d.Deliveries - 1
+		}
+	}
+	prev := d.Previous
+	if !prev.IsValid() && attempt > 1 {
+		if sc, ok := t.attempts.Get(d.Identity); ok {
+			prev = sc
+		} else if retry.Previous.IsValid() {
+			prev = retry.Previous
+		}
+	}
+
+	links := make([]trace.Link, 0, 3)
+	parentOnCreation := creation.IsValid() && trusted && t.parentOnCreation(d.PublishedAt)
+	if creation.IsValid() && !parentOnCreation {
+		links = append(links, link(creation, LinkCreation))
+	}
+	if ambient.IsValid() {
+		links = append(links, link(ambient, LinkAmbient))
+	}
+	if prev.IsValid() {
+		links = append(links, link(prev, LinkPreviousAttempt))
+	}
+
+	attrs := append(t.attrs("process", semconv.MessagingOperationTypeProcess, &d.Message, 2), AttemptKey.Int(attempt))
+	if s := carrier.SessionFromContext(ctx); s != "" {
+		attrs = append(attrs, SessionIDKey.String(s))
+	}
+	opts := []trace.SpanStartOption{
+		trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(attrs...),
+		trace.WithLinks(links...),
+	}
+	if !parentOnCreation {
+		opts = append(opts, trace.WithNewRoot())
+	}
+	ctx, span := t.tracer.Start(ctx, spanName("process", &d.Message), opts...)
+	if t.metrics.Consumed.Enabled(ctx) {
+		t.metrics.Consumed.Add(ctx, 1, attrOpt([]attribute.KeyValue{t.sysAttr,
+			semconv.MessagingOperationName("process"), semconv.MessagingDestinationName(d.Destination)}))
+	}
+	return ctx, &Process{Span: span, Attempt: attempt, Creation: creation, t: t,
+		start: time.Now(), identity: d.Identity, dest: d.Destination}
+}
+
+func (t *Tracer) parentOnCreation(published time.Time) bool {
+	switch t.Parent {
+	case LinkToCreation:
+		return false
+	case ParentWhileYoung:
+		return published.IsZero() || time.Since(published) < t.YoungFor
+	}
+	return true
+}
+
+func link(sc trace.SpanContext, kind string) trace.Link {
+	return trace.Link{SpanContext: sc, Attributes: []attribute.KeyValue{LinkTypeKey.String(kind)}}
+}
+
+// Final reports whether a failure on this attempt is the last one: the
+// error is permanent or the attempts are used up.
+func (p *Process) Final(err error) bool {
+	return err != nil && (IsPermanent(err) || p.Attempt >= p.t.MaxAttempts)
+}
+
+// Settle records a settle operation (ack, nack, commit, term) with its
+// outcome: an event on the process span, or a span of its own with
+// WithSettleSpans.
+func (p *Process) Settle(ctx context.Context, op string, err error) {
+	attrs := []attribute.KeyValue{semconv.MessagingOperationName(op), semconv.MessagingOperationTypeSettle}
+	if err != nil {
+		attrs = append(attrs, semconv.ErrorTypeKey.String(ErrorType(err)))
+	}
+	if p.t.SettleSpans {
+		_, s := p.t.tracer.Start(trace.ContextWithSpan(ctx, p.Span), op+" "+p.dest,
+			trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(append(attrs, p.t.sysAttr)...))
+		if err != nil {
+			RecordError(s, err, true)
+		}
+		s.End()
+		return
+	}
+	p.Span.AddEvent("settle", trace.WithAttributes(attrs...))
+}
+
+// End ends the attempt. A failure is recorded as an exception with
+// error.type; its status is Error only when final is true (or with
+// WithErrorOnEveryAttempt). A failed attempt that will be retried is
+// remembered, so the next attempt in this process links to it.
+func (p *Process) End(ctx context.Context, err error, final bool) {
+	if p == nil || p.ended {
+		return
+	}
+	p.ended = true
+	if err != nil {
+		RecordError(p.Span, err, final || p.t.ErrorOnEveryAttempt)
+		p.Span.SetAttributes(RetryFinalKey.Bool(final))
+		if final {
+			p.t.attempts.Forget(p.identity)
+			p.t.metrics.DeadLetters.Add(ctx, 1)
+		} else {
+			p.t.attempts.Put(p.identity, p.Span.SpanContext())
+			p.t.metrics.Retries.Add(ctx, 1)
+		}
+	} else if p.Attempt > 1 {
+		p.t.attempts.Forget(p.identity)
+	}
+	p.Span.End()
+	if p.t.metrics.ProcessDuration.Enabled(ctx) {
+		attrs := []attribute.KeyValue{p.t.sysAttr, semconv.MessagingOperationName("process"), semconv.MessagingDestinationName(p.dest)}
+		if err != nil {
+			attrs = append(attrs, semconv.ErrorTypeKey.String(ErrorType(err)))
+		}
+		p.t.metrics.ProcessDuration.Record(ctx, time.Since(p.start).Seconds(), attrOpt(attrs))
+	}
+}
+
+// SpanContext returns the process span's context: what a retry republished
+// by the front end names in retry-previous.
+func (p *Process) SpanContext() trace.SpanContext { return p.Span.SpanContext() }
+
+// StartBatchProcess starts one CONSUMER "process" span for a batch, with a
+// link to each message's creation context and
+// messaging.batch.message_count. The batch's messages keep their own
+// journeys: a handler that needs one message's context extracts it with
+// Extract.
+func (t *Tracer) StartBatchProcess(ctx context.Context, m Message, carriers []propagation.TextMapCarrier) (context.Context, *Process) {
+	links := make([]trace.Link, 0, len(carriers)+1)
+	if ambient := trace.SpanContextFromContext(ctx); ambient.IsValid() {
+		links = append(links, link(ambient, LinkAmbient))
+	}
+	for _, c := range carriers {
+		mctx := t.Propagator.Extract(context.Background(), c)
+		sc, ok := carrier.RemoteLink(mctx)
+		if !ok {
+			sc = trace.SpanContextFromContext(mctx)
+		}
+		if sc.IsValid() {
+			links = append(links, link(sc, LinkBatchMessage))
+		}
+	}
+	attrs := append(t.attrs("process", semconv.MessagingOperationTypeProcess, &m, 1),
+		semconv.MessagingBatchMessageCount(len(carriers)))
+	ctx, span := t.tracer.Start(ctx, spanName("process", &m), trace.WithNewRoot(),
+		trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(attrs...), trace.WithLinks(links...))
+	if t.metrics.Consumed.Enabled(ctx) {
+		t.metrics.Consumed.Add(ctx, int64(len(carriers)), attrOpt([]attribute.KeyValue{t.sysAttr,
+			semconv.MessagingOperationName("process"), semconv.MessagingDestinationName(m.Destination)}))
+	}
+	return ctx, &Process{Span: span, Attempt: 1, t: t, start: time.Now(), dest: m.Destination}
+}

@@ -1,0 +1,127 @@
+package tracebridge
+
+import (
+	"log/slog"
+	"time"
+
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/tracebridge/tracebridge/carrier"
+	"github.com/tracebridge/tracebridge/internal/msgtrace"
+)
+
+// Option configures a tracebridge producer, consumer or job runner. The same
+// options serve every broker package, so a setting means the same thing
+// everywhere; an option that does not apply to a component is ignored by it,
+// and each constructor's documentation lists the ones it reads.
+type Option = msgtrace.Option
+
+// ParentPolicy chooses how a process span relates to the message's creation
+// context.
+type ParentPolicy = msgtrace.ParentPolicy
+
+// Parent policies.
+const (
+	// ParentOnCreation makes the creation context the parent, so one trace
+	// holds the whole journey. It is the default.
+	ParentOnCreation = msgtrace.ParentOnCreation
+	// LinkToCreation starts a new trace with a link to the creation context.
+	LinkToCreation = msgtrace.LinkToCreation
+	// ParentWhileYoung parents while the message is younger than the
+	// threshold given to WithParentPolicy, and links once it is older.
+	ParentWhileYoung = msgtrace.ParentWhileYoung
+)
+
+// WithTracerProvider sets the tracer provider. The default is the global one.
+func WithTracerProvider(tp trace.TracerProvider) Option {
+	return func(c *msgtrace.Config) { c.TracerProvider = tp }
+}
+
+// WithMeterProvider sets the meter provider. The default is the global one.
+func WithMeterProvider(mp metric.MeterProvider) Option {
+	return func(c *msgtrace.Config) { c.MeterProvider = mp }
+}
+
+// WithPropagators sets the propagator that injects and extracts the journey.
+// The default is the global propagator when it is a *carrier.Propagator, and
+// carrier.NewPropagator() otherwise, because the stock global propagator
+// sends nothing until an application configures it. Retry and dead-letter
+// headers are written with the carrier's header names either way.
+func WithPropagators(p propagation.TextMapPropagator) Option {
+	return func(c *msgtrace.Config) { c.Propagator = p }
+}
+
+// WithTrust sets the consumer's trust policy (see carrier.Trust). Untrusted
+// messages start a new trace that links to their creation context, keep only
+// the listed baggage keys, and keep their session ID only if it is a UUID.
+// It builds the propagator, so it overrides WithPropagators.
+func WithTrust(t carrier.Trust, allowBaggage ...string) Option {
+	return func(c *msgtrace.Config) {
+		c.Propagator = carrier.NewPropagator(carrier.WithTrust(t), carrier.WithUntrustedBaggage(allowBaggage...))
+		c.Trust = t
+	}
+}
+
+// WithParentPolicy sets how a process span relates to the creation context.
+// threshold is used by ParentWhileYoung only.
+func WithParentPolicy(p ParentPolicy, threshold time.Duration) Option {
+	return func(c *msgtrace.Config) { c.Parent, c.YoungFor = p, threshold }
+}
+
+// WithErrorOnEveryAttempt marks every failed attempt's span with status
+// Error. By default only the final attempt (dead-lettered or given up) is,
+// so tail samplers do not flag journeys that recovered.
+func WithErrorOnEveryAttempt() Option {
+	return func(c *msgtrace.Config) { c.ErrorOnEveryAttempt = true }
+}
+
+// WithoutCreateSpans turns off the per-message create spans of a batch send;
+// each message then carries the batch's send span as its creation context.
+func WithoutCreateSpans() Option {
+	return func(c *msgtrace.Config) { c.NoCreateSpans = true }
+}
+
+// WithSettleSpans records ack, nack, commit and term as spans of their own
+// instead of events on the process span.
+func WithSettleSpans() Option {
+	return func(c *msgtrace.Config) { c.SettleSpans = true }
+}
+
+// WithRetry sets how often a failed message is attempted in all (including
+// the first attempt) and the backoff between attempts: exponential from
+// initial, capped at max, with full jitter. The default is 3 attempts from
+// 100ms capped at 10s.
+func WithRetry(maxAttempts int, initial, max time.Duration) Option {
+	return func(c *msgtrace.Config) {
+		c.MaxAttempts = maxAttempts
+		c.Backoff = msgtrace.Backoff{Initial: initial, Max: max}
+	}
+}
+
+// WithDeadLetter sets the destination failed messages are moved to after
+// their last attempt (a topic, exchange or subject, per broker). Without it
+// a message that exhausts its attempts is settled as failed where the
+// broker can hold it (nack without requeue, term) and logged.
+func WithDeadLetter(destination string) Option {
+	return func(c *msgtrace.Config) { c.DeadLetter = destination }
+}
+
+// WithRetryDestination republishes a failed message to destination (with
+// retry-attempt and retry-previous headers) instead of retrying it in place.
+func WithRetryDestination(destination string) Option {
+	return func(c *msgtrace.Config) { c.RetryDestination = destination }
+}
+
+// WithConcurrency sets how many messages a consumer handles at once.
+func WithConcurrency(n int) Option {
+	return func(c *msgtrace.Config) { c.Concurrency = n }
+}
+
+// WithLogger sets where the component logs what it cannot report otherwise
+// (a message given up without a dead-letter destination, a failed settle).
+// The default is slog.Default().
+func WithLogger(l *slog.Logger) Option {
+	return func(c *msgtrace.Config) { c.Logger = l }
+}

@@ -99,7 +99,7 @@ func (p *Propagator) Inject(ctx context.Context, c propagation.TextMapCarrier) {
 		n += traceparentLen
 		n += traceStateLen(sc.TraceState())
 		if l2 != nil {
-			n += len(l2.members) + 1
+			n += len(l2.full) + 1
 		}
 	}
 	if sess != "" {
@@ -126,11 +126,19 @@ func (p *Propagator) Inject(ctx context.Context, c propagation.TextMapCarrier) {
 	spans[3][1] = len(buf)
 
 	names := [4]string{p.cfg.names.Traceparent, p.cfg.names.Tracestate, p.cfg.names.Baggage, p.cfg.names.SessionID}
+	// A tracestate belongs to the traceparent it came with. When a new
+	// traceparent replaces an old one and has no tracestate of its own, the
+	// old tracestate must not stay behind: it is overwritten with the empty
+	// tracestate, which every receiver accepts.
+	clearState := sc.IsValid() && spans[1][1] == spans[1][0]
 	if bc, ok := c.(ByteCarrier); ok {
 		for i, s := range spans {
 			if s[1] > s[0] {
 				bc.SetBytes(names[i], buf[s[0]:s[1]:s[1]])
 			}
+		}
+		if clearState && hasNonEmpty(bc, names[1]) {
+			bc.SetBytes(names[1], []byte{})
 		}
 		return
 	}
@@ -141,6 +149,19 @@ func (p *Propagator) Inject(ctx context.Context, c propagation.TextMapCarrier) {
 			c.Set(names[i], str[s[0]:s[1]])
 		}
 	}
+	if clearState && c.Get(names[1]) != "" {
+		c.Set(names[1], "")
+	}
+}
+
+// hasNonEmpty reports whether c holds a non-empty value for key.
+func hasNonEmpty(c ByteCarrier, key string) bool {
+	for i := range c.Len() {
+		if k, v := c.At(i); k == key && len(v) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func traceStateLen(ts trace.TraceState) int {
@@ -167,13 +188,32 @@ func appendTraceState(dst []byte, ts trace.TraceState, l2 *levelTwoState) []byte
 		count++
 		return true
 	})
-	if l2 == nil || count+l2.count > maxTracestateMembers {
+	if l2 == nil {
 		return dst
 	}
-	if len(dst) > start {
-		dst = append(dst, ',')
+	if l2.unchanged(ts) {
+		// Forwarded as received: same members, same order.
+		return append(dst[:start], l2.full...)
 	}
-	return append(dst, l2.members...)
+	if count+l2.count <= maxTracestateMembers {
+		if len(dst) > start {
+			dst = append(dst, ',')
+		}
+		return append(dst, l2.members...)
+	}
+	// A vendor added members: keep the Level 2 ones that still fit, in
+	// order, as truncation from the end would.
+	rest := l2.members
+	for count < maxTracestateMembers && rest != "" {
+		var m string
+		m, rest, _ = strings.Cut(rest, ",")
+		if len(dst) > start {
+			dst = append(dst, ',')
+		}
+		dst = append(dst, m...)
+		count++
+	}
+	return dst
 }
 
 // appendBaggage writes the session first, so it survives any truncation,
@@ -382,11 +422,12 @@ func (p *Propagator) extract(ctx context.Context, in *incoming) context.Context 
 			} else {
 				joined = string(l.appendTo(make([]byte, 0, l.encodedLen())))
 			}
-			ts, extra := l.toTraceState(joined)
+			ts, extra, kept := l.toTraceState(joined)
 			sc = sc.WithTraceState(ts)
 			if extra != "" {
 				ctx = context.WithValue(ctx, levelTwoKey{}, &levelTwoState{
-					traceID: sc.TraceID(), members: extra, count: strings.Count(extra, ",") + 1})
+					traceID: sc.TraceID(), members: extra, count: strings.Count(extra, ",") + 1,
+					kept: kept, full: joined})
 			}
 		}
 		if p.cfg.trust == Trusted {

@@ -161,31 +161,61 @@ func trimOWS(s string) string {
 // rejects cannot live in a SpanContext; those members are returned joined as
 // extra and travel beside the span context (see levelTwoState) so that they
 // are forwarded unchanged.
-func (l *tsList) toTraceState(joined string) (ts trace.TraceState, extra string) {
+func (l *tsList) toTraceState(joined string) (ts trace.TraceState, extra, kept string) {
 	if len(l.m) == 0 {
-		return trace.TraceState{}, ""
+		return trace.TraceState{}, "", ""
 	}
 	if ts, err := trace.ParseTraceState(joined); err == nil {
-		return ts, ""
+		return ts, "", joined
 	}
-	var kept, rest []string
+	var keptMembers, rest []string
 	for _, m := range l.m {
 		if _, err := (trace.TraceState{}).Insert(m.key, m.value); err == nil {
-			kept = append(kept, m.key+"="+m.value)
+			keptMembers = append(keptMembers, m.key+"="+m.value)
 		} else {
 			rest = append(rest, m.key+"="+m.value)
 		}
 	}
-	ts, _ = trace.ParseTraceState(strings.Join(kept, ","))
-	return ts, strings.Join(rest, ",")
+	kept = strings.Join(keptMembers, ",")
+	ts, _ = trace.ParseTraceState(kept)
+	return ts, strings.Join(rest, ","), kept
 }
 
 // levelTwoState holds tracestate members that OpenTelemetry-Go cannot
-// represent, tied to the trace they arrived with. Inject appends them after
-// the span context's own tracestate while the trace is the same, so they are
-// passed on as the spec requires.
+// represent, tied to the trace they arrived with. Inject passes them on as
+// the spec requires: while the span context's TraceState is still the one
+// extracted (kept), the whole list goes out as it came (full), so a hop that
+// only forwards changes nothing, not even the order. Once a vendor has
+// changed the TraceState, its members go first and these follow.
 type levelTwoState struct {
 	traceID trace.TraceID
-	members string
-	count   int
+	members string // the members OpenTelemetry could not hold, joined
+	count   int    // how many members are in members
+	kept    string // the members that went into the TraceState, joined
+	full    string // every member, in the order received, joined
+}
+
+// unchanged reports whether ts is still exactly the TraceState built from
+// s.kept, without allocating.
+func (s *levelTwoState) unchanged(ts trace.TraceState) bool {
+	rest := s.kept
+	first := true
+	ok := true
+	ts.Walk(func(k, v string) bool {
+		if !first {
+			if rest == "" || rest[0] != ',' {
+				ok = false
+				return false
+			}
+			rest = rest[1:]
+		}
+		first = false
+		if len(rest) < len(k)+1+len(v) || rest[:len(k)] != k || rest[len(k)] != '=' || rest[len(k)+1:len(k)+1+len(v)] != v {
+			ok = false
+			return false
+		}
+		rest = rest[len(k)+1+len(v):]
+		return true
+	})
+	return ok && rest == ""
 }

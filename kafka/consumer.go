@@ -1,0 +1,371 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"io"
+	"slices"
+	"sync"
+	"time"
+
+	kafkago "github.com/segmentio/kafka-go"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/tracebridge/tracebridge"
+	"github.com/tracebridge/tracebridge/carrier"
+	"github.com/tracebridge/tracebridge/internal/msgtrace"
+)
+
+// Handler handles one message. ctx carries the process span and the
+// message's journey: its trace, baggage and session. A nil error commits
+// the message; an error retries it (unless it is tracebridge.Permanent),
+// and after the last attempt moves it to the dead-letter topic.
+type Handler func(ctx context.Context, msg kafkago.Message) error
+
+// BatchHandler handles a batch of messages under one process span that
+// links to every message's creation context. Use Consumer.Extract for the
+// journey of one message of the batch.
+type BatchHandler func(ctx context.Context, msgs []kafkago.Message) error
+
+// Consumer runs a handler over a *kafkago.Reader with a consumer group:
+// the loop most users want. It commits a message only after its handler
+// succeeded, or after its republish to the retry topic or its dead letter
+// was written, so nothing is lost (at-least-once). Messages of one
+// partition are handled in order; partitions are handled concurrently, up
+// to WithConcurrency at once.
+//
+// A failed message is retried in place with backoff (WithRetry), each
+// attempt a process span linked to the attempt before. With
+// WithRetryDestination it is instead republished to that topic with
+// retry-attempt and retry-previous headers; consume that topic with a
+// Consumer configured the same way (one Consumer can read both through
+// kafkago.ReaderConfig.GroupTopics). After the last attempt, or at once
+// for a tracebridge.Permanent error, it goes to the WithDeadLetter topic
+// with its original headers plus retry-previous and dead-letter-*. A
+// handler panic is a failed attempt.
+type Consumer struct {
+	r     *kafkago.Reader
+	rd    *Reader
+	t     *msgtrace.Tracer
+	h     Handler
+	bh    BatchHandler
+	batch int
+	pub   *kafkago.Writer
+	own   bool // pub was made here, so Run closes it
+	seed  maphash.Seed
+}
+
+// NewConsumer returns a Consumer that runs h over r. r must have a GroupID,
+// because commits are how the Consumer keeps its place. It reads every
+// tracebridge option that applies to consumers: WithTracerProvider,
+// WithMeterProvider, WithPropagators, WithTrust, WithParentPolicy, WithRetry,
+// WithRetryDestination, WithDeadLetter, WithConcurrency,
+// WithErrorOnEveryAttempt, WithSettleSpans and WithLogger.
+func NewConsumer(r *kafkago.Reader, h Handler, opts ...tracebridge.Option) *Consumer {
+	c := newConsumer(r, opts)
+	c.h = h
+	return c
+}
+
+// NewBatchConsumer returns a Consumer that hands h up to maxBatch messages
+// of one partition at a time, whatever has arrived, without waiting for a
+// full batch. A failed batch is retried in place as a whole; after the last
+// attempt each of its messages is dead-lettered (or given up) and the batch
+// committed.
+func NewBatchConsumer(r *kafkago.Reader, h BatchHandler, maxBatch int, opts ...tracebridge.Option) *Consumer {
+	c := newConsumer(r, opts)
+	c.bh, c.batch = h, max(maxBatch, 1)
+	return c
+}
+
+func newConsumer(r *kafkago.Reader, opts []tracebridge.Option) *Consumer {
+	t := msgtrace.New(System, opts)
+	c := &Consumer{r: r, rd: newReader(r, t), t: t, seed: maphash.MakeSeed()}
+	if t.RetryDestination != "" || t.DeadLetter != "" {
+		c.pub = &kafkago.Writer{
+			Addr:                   kafkago.TCP(r.Config().Brokers...),
+			Balancer:               &kafkago.Hash{}, // same key, same partition: per-key order survives the hop
+			RequiredAcks:           kafkago.RequireAll,
+			BatchSize:              1, // a republish is a single synchronous write; do not wait for a batch to fill
+			MaxAttempts:            3,
+			AllowAutoTopicCreation: true,
+		}
+		c.own = true
+	}
+	return c
+}
+
+// SetPublisher sets the writer that republishes retries and writes dead
+// letters, instead of the one NewConsumer builds from the reader's brokers.
+// Call it before Run. The Consumer does not close a writer set here.
+func (c *Consumer) SetPublisher(w *kafkago.Writer) {
+	c.pub, c.own = w, false
+}
+
+// Extract returns ctx with the journey (trace, baggage, session) of msg,
+// for a BatchHandler that handles one message of its batch on that
+// message's journey.
+func (c *Consumer) Extract(ctx context.Context, msg kafkago.Message) context.Context {
+	return c.t.Extract(ctx, NewCarrier(&msg.Headers))
+}
+
+// Run fetches and handles messages until ctx is done or the reader fails,
+// then shuts down gracefully: it stops fetching, lets running handlers
+// finish and commit, leaves fetched messages it did not start uncommitted
+// (they are delivered again), and closes the reader. Handlers run under a
+// context that keeps ctx's values but not its cancellation, so shutdown
+// does not abort them halfway. Run returns nil after a shutdown by ctx.
+func (c *Consumer) Run(ctx context.Context) error {
+	if c.h == nil && c.bh == nil {
+		return errors.New("tracebridge/kafka: Consumer has no handler")
+	}
+	base := context.WithoutCancel(ctx)
+	n := c.t.Concurrency
+	queues := make([]chan kafkago.Message, n)
+	var wg sync.WaitGroup
+	for i := range queues {
+		queues[i] = make(chan kafkago.Message, 64)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.work(base, ctx, queues[i])
+		}()
+	}
+
+	var runErr error
+fetch:
+	for {
+		msg, err := c.r.FetchMessage(ctx)
+		if err != nil {
+			if ctx.Err() == nil && !errors.Is(err, io.EOF) {
+				runErr = fmt.Errorf("tracebridge/kafka: fetch from %v: %w", c.r.Config().GroupTopics, err)
+				if len(c.r.Config().GroupTopics) == 0 {
+					runErr = fmt.Errorf("tracebridge/kafka: fetch from topic %q: %w", c.r.Config().Topic, err)
+				}
+			}
+			break
+		}
+		q := queues[c.queueOf(&msg, n)]
+		select {
+		case q <- msg:
+		case <-ctx.Done():
+			break fetch
+		}
+	}
+	for _, q := range queues {
+		close(q)
+	}
+	wg.Wait()
+	var errs []error
+	if runErr != nil {
+		errs = append(errs, runErr)
+	}
+	if c.own && c.pub != nil {
+		if err := c.pub.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("tracebridge/kafka: close retry/dead-letter writer: %w", err))
+		}
+	}
+	// Close flushes commits that a CommitInterval reader still holds.
+	if err := c.r.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("tracebridge/kafka: close reader: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// queueOf keeps every message of a partition on one worker, which is what
+// keeps them in order and their commits monotonic.
+func (c *Consumer) queueOf(m *kafkago.Message, n int) int {
+	if n == 1 {
+		return 0
+	}
+	var h maphash.Hash
+	h.SetSeed(c.seed)
+	h.WriteString(m.Topic)
+	h.WriteByte(byte(m.Partition))
+	h.WriteByte(byte(m.Partition >> 8))
+	return int(h.Sum64() % uint64(n))
+}
+
+func (c *Consumer) work(base, stop context.Context, q chan kafkago.Message) {
+	if c.bh != nil {
+		c.workBatches(base, stop, q)
+		return
+	}
+	for msg := range q {
+		if stop.Err() != nil {
+			continue // fetched, not started: leave it uncommitted for the next consumer
+		}
+		c.handle(base, stop, msg)
+	}
+}
+
+func (c *Consumer) handle(base, stop context.Context, msg kafkago.Message) {
+	d := c.rd.delivery(&msg)
+	s := msgtrace.Settlement{
+		Handle: func(ctx context.Context) error { return c.h(ctx, msg) },
+		Ack:    func(ctx context.Context) error { return c.commit(ctx, msg) },
+		AckOp:  "commit",
+	}
+	if c.t.RetryDestination != "" && c.pub != nil {
+		s.Republish = func(ctx context.Context, r carrier.Retry) error {
+			return c.publish(ctx, msg, c.t.RetryDestination, func(hc Carrier) { c.t.Carrier().InjectRetry(hc, r) })
+		}
+	}
+	if c.t.DeadLetter != "" && c.pub != nil {
+		s.DeadLetter = func(ctx context.Context, last trace.SpanContext, dl carrier.DeadLetter) error {
+			return c.publish(ctx, msg, c.t.DeadLetter, func(hc Carrier) {
+				if last.IsValid() {
+					hc.Set(c.t.Carrier().Names().RetryPrevious, carrier.FormatTraceparent(last))
+				}
+				c.t.Carrier().InjectDeadLetter(hc, dl)
+			})
+		}
+	}
+	if _, err := c.t.Deliver(base, stop, d, s); err != nil && !errors.Is(err, msgtrace.ErrStopped) {
+		c.t.Logger.WarnContext(base, "tracebridge/kafka: message left uncommitted; it will be delivered again",
+			"topic", msg.Topic, "partition", msg.Partition, "offset", msg.Offset, "error", err)
+	}
+}
+
+func (c *Consumer) commit(ctx context.Context, msgs ...kafkago.Message) error {
+	if err := c.r.CommitMessages(ctx, msgs...); err != nil {
+		return fmt.Errorf("tracebridge/kafka: commit %s: %w", describePos(&msgs[len(msgs)-1]), err)
+	}
+	return nil
+}
+
+// publish writes a copy of msg to topic: same key, value and headers (so
+// the same journey), with edit applied to the headers. A send span, child
+// of the process span in ctx, records the write; the message's creation
+// context is forwarded, not replaced.
+func (c *Consumer) publish(ctx context.Context, msg kafkago.Message, topic string, edit func(Carrier)) error {
+	out := kafkago.Message{Topic: topic, Key: msg.Key, Value: msg.Value,
+		Headers: slices.Grow(slices.Clone(msg.Headers), 5)}
+	hc := NewCarrier(&out.Headers)
+	edit(hc)
+	sctx, op := c.t.StartSend(ctx, hc, msgtrace.Message{Destination: topic, BodySize: len(out.Value),
+		ServerAddress: c.rd.addr, ServerPort: c.rd.port})
+	err := c.pub.WriteMessages(sctx, out)
+	if err != nil {
+		err = fmt.Errorf("tracebridge/kafka: republish %s to %q: %w", describePos(&msg), topic, err)
+	}
+	op.End(sctx, err)
+	return err
+}
+
+// workBatches takes what is queued, up to the batch size, without waiting
+// for more: a batch never delays a message that could be handled now.
+func (c *Consumer) workBatches(base, stop context.Context, q chan kafkago.Message) {
+	for first := range q {
+		if stop.Err() != nil {
+			continue
+		}
+		batch := []kafkago.Message{first}
+	more:
+		for len(batch) < c.batch {
+			select {
+			case m, ok := <-q:
+				if !ok {
+					break more
+				}
+				batch = append(batch, m)
+			default:
+				break more
+			}
+		}
+		// Partitions may share a worker, so split the batch by partition:
+		// one commit per partition, and each span names one destination.
+		for len(batch) > 0 {
+			part := batch[:0:0]
+			rest := batch[:0]
+			for _, m := range batch {
+				if m.Topic == batch[0].Topic && m.Partition == batch[0].Partition {
+					part = append(part, m)
+				} else {
+					rest = append(rest, m)
+				}
+			}
+			c.handleBatch(base, stop, part)
+			batch = rest
+		}
+	}
+}
+
+func (c *Consumer) handleBatch(base, stop context.Context, msgs []kafkago.Message) {
+	carriers := make([]propagation.TextMapCarrier, len(msgs))
+	for i := range msgs {
+		carriers[i] = NewCarrier(&msgs[i].Headers)
+	}
+	m := c.rd.delivery(&msgs[0]).Message
+	m.BodySize, m.Attrs = -1, nil
+	var err error
+	for attempt := 1; ; attempt++ {
+		bctx, p := c.t.StartBatchProcess(base, m, carriers)
+		p.Attempt = attempt
+		p.Span.SetAttributes(msgtrace.AttemptKey.Int(attempt))
+		err = msgtrace.Call(func() error { return c.bh(bctx, msgs) })
+		final := p.Final(err)
+		if err == nil || final {
+			if err != nil && !c.giveUpBatch(bctx, stop, msgs, err, attempt) {
+				// Stopped before every message reached the dead-letter
+				// topic: committing now could lose one.
+				p.Settle(bctx, "commit", msgtrace.ErrStopped)
+				p.End(bctx, err, final)
+				return
+			}
+			cerr := c.commit(bctx, msgs...)
+			p.Settle(bctx, "commit", cerr)
+			p.End(bctx, err, final)
+			return
+		}
+		p.End(bctx, err, false)
+		if stop.Err() != nil || !sleepCtx(stop, c.t.Backoff.Delay(attempt)) {
+			return // uncommitted: the batch is delivered again
+		}
+	}
+}
+
+// giveUpBatch dead-letters each message of a batch that failed finally,
+// retrying each write until it succeeds or the consumer stops; it reports
+// whether the batch may be committed.
+func (c *Consumer) giveUpBatch(ctx, stop context.Context, msgs []kafkago.Message, herr error, attempts int) bool {
+	if c.t.DeadLetter == "" || c.pub == nil {
+		c.t.Logger.WarnContext(ctx, "tracebridge/kafka: batch failed finally and has no dead-letter topic",
+			"topic", msgs[0].Topic, "partition", msgs[0].Partition, "first_offset", msgs[0].Offset, "messages", len(msgs), "error", herr)
+		return true
+	}
+	last := trace.SpanContextFromContext(ctx)
+	for _, msg := range msgs {
+		dl := carrier.DeadLetter{Reason: herr.Error(), Attempts: attempts, Source: msg.Topic}
+		for n := 1; ; n++ {
+			err := c.publish(ctx, msg, c.t.DeadLetter, func(hc Carrier) {
+				hc.Set(c.t.Carrier().Names().RetryPrevious, carrier.FormatTraceparent(last))
+				c.t.Carrier().InjectDeadLetter(hc, dl)
+			})
+			if err == nil {
+				break
+			}
+			if !sleepCtx(stop, c.t.Backoff.Delay(n)) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func sleepCtx(stop context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return stop.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-stop.Done():
+		return false
+	}
+}

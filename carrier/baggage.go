@@ -49,7 +49,11 @@ func AllowKeys(keys ...string) BaggageFilter {
 // DenyKeys returns a filter that drops every key containing one of words,
 // ignoring ASCII case. DenyKeys() with no words keeps everything.
 func DenyKeys(words ...string) BaggageFilter {
+	// containsFold folds only the key, so the words are lowered once here.
 	words = slices.Clone(words)
+	for i, w := range words {
+		words[i] = strings.ToLower(w)
+	}
 	return func(key string) bool {
 		for _, w := range words {
 			if containsFold(key, w) {

@@ -1,0 +1,61 @@
+package jobs
+
+import "context"
+
+// Queue stores jobs between Enqueue and a worker. The in-memory queue
+// (NewMemoryQueue) is the default; a broker-backed queue plugs in through
+// Config.Queue.
+//
+// A Queue moves envelopes and settles deliveries; it never creates spans
+// or reads the journey. Everything the journey needs is in
+// Envelope.Headers, written with the header names every tracebridge broker
+// package uses, so a worker in another process that pops an envelope from
+// the same broker continues the journey from the headers alone. A
+// broker-backed queue therefore only has to:
+//   - encode ID, Kind, Payload, Attempt, EnqueuedAt, NotBefore and the
+//     per-job overrides in the message (body or headers) and send Headers as
+//     message headers;
+//   - on Pop, decode them back and keep its delivery handle in Receipt;
+//   - settle: Ack when the job is finished (succeeded or dead), Retry to
+//     schedule the next attempt and settle the current one, Release to hand
+//     a delivery back unfinished (shutdown), so the broker redelivers it.
+//
+// The runner calls Push from Enqueue (concurrently), Pop from each worker,
+// and the settle methods once per popped envelope. Implementations must be
+// safe for concurrent use.
+type Queue interface {
+	// System is the messaging.system recorded on job spans: "nats",
+	// "rabbitmq" or "kafka" for a broker-backed queue.
+	System() string
+	// Name is the destination recorded on job spans ("send jobs",
+	// "process jobs"): the queue, stream or topic.
+	Name() string
+	// Push stores a new job. When the queue is full it waits for room
+	// while block is true and ctx lasts, and returns ErrQueueFull at once
+	// otherwise. A queue that cannot be full ignores block.
+	Push(ctx context.Context, e *Envelope, block bool) error
+	// Pop returns the next job whose NotBefore has passed, waiting until
+	// there is one or ctx ends (then it returns ctx's error).
+	Pop(ctx context.Context) (*Envelope, error)
+	// Ack settles a popped job that is finished: it succeeded or is dead.
+	Ack(ctx context.Context, e *Envelope) error
+	// Retry settles the popped delivery prev and schedules next, its next
+	// attempt (Attempt+1, NotBefore set, retry headers written). It must
+	// not wait for room: the workers that call it are the queue's
+	// consumers, so waiting could deadlock them. A broker-backed queue
+	// publishes next before it acks prev, so a crash in between repeats
+	// an attempt rather than losing the job.
+	Retry(ctx context.Context, prev, next *Envelope) error
+	// Release hands back a popped job whose attempt was interrupted, so it
+	// is delivered again later (to this process or another).
+	Release(ctx context.Context, e *Envelope) error
+	// Drain removes and returns the jobs this queue holds in this process
+	// and that no worker has taken, for Shutdown to report. A broker-backed
+	// queue, whose jobs stay safe with the broker, returns none.
+	Drain(ctx context.Context) ([]*Envelope, error)
+	// Len is how many jobs wait, for the queue-depth metric; -1 if unknown.
+	Len() int
+	// Close releases the queue's resources; Push fails with ErrClosed
+	// afterwards.
+	Close() error
+}

@@ -486,7 +486,9 @@ func (p *Propagator) extractBaggage(ctx context.Context, in *incoming) context.C
 	}
 	ctx = baggage.ContextWithBaggage(ctx, l.toBaggage())
 	// A session set explicitly further up would shadow the message's own.
-	if ctx.Value(sessionKey{}) != nil {
+	// A message without a session leaves it alone, as it does when it
+	// carries no headers at all.
+	if sess != "" && ctx.Value(sessionKey{}) != nil {
 		ctx = context.WithValue(ctx, sessionKey{}, &session{id: sess})
 	}
 	return ctx

@@ -125,3 +125,18 @@ func WithConcurrency(n int) Option {
 func WithLogger(l *slog.Logger) Option {
 	return func(c *msgtrace.Config) { c.Logger = l }
 }
+
+// WithConfirms makes a producer wait for the broker to acknowledge each
+// message (RabbitMQ publisher confirms). The send span then ends on the
+// broker's answer, and a rejected or returned message is an error on the
+// span and to the caller.
+func WithConfirms() Option {
+	return func(c *msgtrace.Config) { c.Confirms = true }
+}
+
+// WithReconnectWait lets a publish on a reconnecting producer wait up to d
+// (and never past its context) for a lost connection to come back, instead
+// of failing at once with a disconnected error.
+func WithReconnectWait(d time.Duration) Option {
+	return func(c *msgtrace.Config) { c.ReconnectWait = d }
+}

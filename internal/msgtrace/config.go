@@ -43,6 +43,12 @@ type Config struct {
 	RetryDestination    string
 	Concurrency         int
 	Logger              *slog.Logger
+	// Confirms makes producers wait for the broker's acknowledgement of
+	// each message (RabbitMQ publisher confirms).
+	Confirms bool
+	// ReconnectWait is how long a publish waits for a lost connection to
+	// come back before it fails; 0 fails at once.
+	ReconnectWait time.Duration
 }
 
 // Option sets part of a Config.

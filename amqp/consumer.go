@@ -1,0 +1,271 @@
+package amqp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/tracebridge/tracebridge"
+	"github.com/tracebridge/tracebridge/carrier"
+	"github.com/tracebridge/tracebridge/internal/msgtrace"
+)
+
+// Handler processes one delivery. Return nil to ack it, an error to retry
+// it (or dead-letter it after the last attempt), or a
+// tracebridge.Permanent error to dead-letter it at once. A panic is a
+// failure like any other. The Consumer settles the delivery: d.Ack and its
+// siblings return an error inside a handler.
+type Handler func(ctx context.Context, d amqp091.Delivery) error
+
+// Setup declares the topology a consumer needs (queues, exchanges,
+// bindings). The Consumer calls it on every (re)connect, before it starts
+// consuming, because a broker restart can lose non-durable topology.
+type Setup func(ch *amqp091.Channel) error
+
+// DelayQueueSuffix names the delay queue of a work queue: queue +
+// DelayQueueSuffix. Failed messages wait there for their backoff (a
+// per-message TTL) and are dead-lettered back to the work queue.
+const DelayQueueSuffix = ".retry"
+
+// delayQueueAttr records the backoff a retry waits in the delay queue.
+const delayQueueAttr = attribute.Key("tracebridge.retry.delay_ms")
+
+// Consumer consumes a queue with a Handler: one process span per delivery
+// attempt, manual ack after success, bounded concurrency, retries with
+// backoff through a delay queue, dead letters, panic recovery and
+// reconnects. Run it with Run.
+type Consumer struct {
+	t     *msgtrace.Tracer
+	link  *link
+	queue string
+	setup Setup
+	h     Handler
+
+	// OnReconnect, when set, is called after each reconnect once
+	// consumption has resumed; tests and health checks use it.
+	OnReconnect func()
+}
+
+// NewConsumer returns a Consumer of queue on the broker at url. setup (may
+// be nil) declares the topology on every connect. It reads
+// WithTracerProvider, WithMeterProvider, WithPropagators, WithTrust,
+// WithParentPolicy, WithConcurrency (prefetch is twice the concurrency),
+// WithRetry, WithRetryDestination, WithDeadLetter, WithSettleSpans,
+// WithErrorOnEveryAttempt and WithLogger.
+//
+// Retries: by default a failed message is republished, with retry-attempt
+// and retry-previous, to the durable delay queue queue+DelayQueueSuffix
+// (declared by the consumer) with a per-message TTL of the backoff, and
+// RabbitMQ dead-letters it back to queue when the TTL runs out. RabbitMQ
+// expires messages only at the head of a queue, so a retry can wait longer
+// than its own TTL behind a longer one, never shorter. With
+// WithRetryDestination the message is republished to that queue at once,
+// and the consumer of that queue waits out the backoff. After the last
+// attempt (or a permanent error) the message goes to the WithDeadLetter
+// queue (declared durable by the consumer) with its original headers,
+// retry-previous and the dead-letter-* headers; without one it is nacked
+// without requeue, so a dead-letter exchange configured on the queue still
+// catches it. Every republish is confirmed by the broker before the
+// original is acked.
+func NewConsumer(url, queue string, setup Setup, h Handler, opts ...tracebridge.Option) *Consumer {
+	return &Consumer{t: msgtrace.New("rabbitmq", opts), link: newLink(url), queue: queue, setup: setup, h: h}
+}
+
+// Run consumes until ctx ends, reconnecting with backoff whenever the
+// connection or channel closes. When ctx ends it stops taking deliveries,
+// lets the handlers in flight finish and settle (their context is not
+// cancelled), returns unstarted prefetched deliveries to the queue, closes
+// the connection and returns nil. A failure to connect or set up the
+// topology the first time is returned at once, because it is more likely
+// a mistake than an outage.
+func (c *Consumer) Run(ctx context.Context) error {
+	defer c.link.close()
+	first := true
+	for {
+		var sess *session
+		dial := func(context.Context) error {
+			s, err := c.open()
+			sess = s
+			return err
+		}
+		if first {
+			if err := dial(ctx); err != nil {
+				return err
+			}
+		} else if err := msgtrace.Redial(ctx, reconnectBackoff, reconnectMin, dial, func(n int, err error) {
+			if n == 1 || n%10 == 0 {
+				c.t.Logger.Warn("tracebridge: RabbitMQ consumer reconnecting", "queue", c.queue, "attempt", n, "error", err)
+			}
+		}); err != nil {
+			return nil
+		}
+		if !first && c.OnReconnect != nil {
+			c.OnReconnect()
+		}
+		first = false
+		sess.run(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+	}
+}
+
+// session is one channel's worth of consuming.
+type session struct {
+	c          *Consumer
+	ch         *amqp091.Channel
+	pub        *Publisher // republishes on the same channel, confirmed
+	deliveries <-chan amqp091.Delivery
+	tag        string
+}
+
+func (c *Consumer) open() (*session, error) {
+	ch, err := c.link.channel()
+	if err != nil {
+		return nil, err
+	}
+	fail := func(what string, err error) (*session, error) {
+		_ = ch.Close()
+		return nil, fmt.Errorf("amqp: consume %q: %s: %w", c.queue, what, err)
+	}
+	if err := ch.Qos(2*c.t.Concurrency, 0, false); err != nil {
+		return fail("qos", err)
+	}
+	if c.setup != nil {
+		if err := c.setup(ch); err != nil {
+			return fail("setup", err)
+		}
+	}
+	if c.t.RetryDestination == "" {
+		if _, err := ch.QueueDeclare(c.queue+DelayQueueSuffix, true, false, false, false, amqp091.Table{
+			"x-dead-letter-exchange":    "",
+			"x-dead-letter-routing-key": c.queue,
+		}); err != nil {
+			return fail("declare delay queue", err)
+		}
+	}
+	if c.t.DeadLetter != "" {
+		if _, err := ch.QueueDeclare(c.t.DeadLetter, true, false, false, false, nil); err != nil {
+			return fail("declare dead-letter queue", err)
+		}
+	}
+	pc, err := newPubChannel(ch, true, c.t.Carrier().Names().Traceparent)
+	if err != nil {
+		return fail("confirm mode", err)
+	}
+	tag := "tracebridge-" + carrier.NewSessionID()
+	deliveries, err := ch.Consume(c.queue, tag, false, false, false, false, nil)
+	if err != nil {
+		return fail("consume", err)
+	}
+	return &session{c: c, ch: ch, pub: &Publisher{t: c.t, fixed: pc, addr: c.link.addr, port: c.link.port},
+		deliveries: deliveries, tag: tag}, nil
+}
+
+func (s *session) run(ctx context.Context) {
+	var wg sync.WaitGroup
+	base := context.WithoutCancel(ctx)
+	for range s.c.t.Concurrency {
+		wg.Go(func() {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case d, ok := <-s.deliveries:
+					if !ok {
+						return
+					}
+					if ctx.Err() != nil {
+						_ = d.Nack(false, true) // not started: back to the queue now
+						return
+					}
+					s.handle(base, ctx, d)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		_ = s.ch.Cancel(s.tag, false)
+	}
+	// Closing the channel returns the prefetched, unstarted deliveries.
+	_ = s.ch.Close()
+}
+
+// handle runs one delivery through its attempt; msgtrace.Deliver owns the
+// order (handler, republish or dead letter, then ack).
+func (s *session) handle(base, stop context.Context, d amqp091.Delivery) {
+	c := s.c
+	md := describe(c.t, &d, c.queue)
+	delayQueue := c.t.RetryDestination == ""
+	if delayQueue && Carrier(d.Headers).Get(c.t.Carrier().Names().RetryAttempt) != "" {
+		// The delay queue already waited out the backoff.
+		md.PublishedAt = time.Time{}
+	}
+	ack := d.Acknowledger
+	tag := d.DeliveryTag
+	hd := d
+	hd.Acknowledger = nil // the consumer settles, not the handler
+	st := msgtrace.Settlement{
+		Handle: func(ctx context.Context) error { return c.h(ctx, hd) },
+		Ack:    func(context.Context) error { return ack.Ack(tag, false) },
+		AckOp:  "ack",
+		Republish: func(ctx context.Context, r carrier.Retry) error {
+			msg := republishing(&d)
+			c.t.Carrier().InjectRetry(Carrier(msg.Headers), r)
+			if !delayQueue {
+				return s.pub.PublishWithContext(ctx, "", c.t.RetryDestination, true, false, msg)
+			}
+			delay := c.t.Backoff.Delay(r.Attempt - 1)
+			msg.Expiration = strconv.FormatInt(delay.Milliseconds(), 10)
+			trace.SpanFromContext(ctx).SetAttributes(delayQueueAttr.Int64(delay.Milliseconds()))
+			return s.pub.PublishWithContext(ctx, "", c.queue+DelayQueueSuffix, true, false, msg)
+		},
+		GiveUp:          func(context.Context, error) error { return ack.Nack(tag, false, false) },
+		GiveUpOp:        "nack",
+		PublishAttempts: 3,
+	}
+	if c.t.DeadLetter != "" {
+		st.DeadLetter = func(ctx context.Context, last trace.SpanContext, dl carrier.DeadLetter) error {
+			msg := republishing(&d)
+			h := Carrier(msg.Headers)
+			h.Set(c.t.Carrier().Names().RetryPrevious, carrier.FormatTraceparent(last))
+			c.t.Carrier().InjectDeadLetter(h, dl)
+			return s.pub.PublishWithContext(ctx, "", c.t.DeadLetter, true, false, msg)
+		}
+	}
+	outcome, err := c.t.Deliver(base, stop, md, st)
+	if outcome == msgtrace.Unsettled {
+		// The broker still holds it: hand it back now rather than at
+		// channel close, unless the channel is gone anyway.
+		if nerr := ack.Nack(tag, false, true); nerr != nil && !errors.Is(nerr, amqp091.ErrClosed) {
+			c.t.Logger.Warn("tracebridge: could not requeue unsettled message", "queue", c.queue,
+				"message_id", d.MessageId, "error", errors.Join(err, nerr))
+		}
+	}
+}
+
+// republishing copies a delivery into a Publishing with its properties and
+// headers, minus the broker's per-queue delivery count, which describes
+// the old queue and would inflate the attempt number in the new one.
+func republishing(d *amqp091.Delivery) amqp091.Publishing {
+	h := make(amqp091.Table, len(d.Headers)+5)
+	for k, v := range d.Headers {
+		if k != headerDeliveryCount {
+			h[k] = v
+		}
+	}
+	return amqp091.Publishing{
+		Headers: h, ContentType: d.ContentType, ContentEncoding: d.ContentEncoding,
+		DeliveryMode: amqp091.Persistent, Priority: d.Priority, CorrelationId: d.CorrelationId,
+		ReplyTo: d.ReplyTo, MessageId: d.MessageId, Timestamp: d.Timestamp, Type: d.Type,
+		UserId: d.UserId, AppId: d.AppId, Body: d.Body,
+	}
+}

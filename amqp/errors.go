@@ -1,0 +1,35 @@
+package amqp
+
+import (
+	"errors"
+	"fmt"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+)
+
+// ErrDisconnected is returned (wrapped) by a publish while the publisher
+// has no open channel: the broker restarted, the network dropped, or the
+// channel was closed by a channel-level error. A Publisher made by
+// DialPublisher reconnects on its own; retry the publish, or let it wait
+// with tracebridge.WithReconnectWait.
+var ErrDisconnected = errors.New("amqp: not connected to RabbitMQ")
+
+// ErrNacked is returned (wrapped) when the broker rejects a message with a
+// publisher-confirm nack: it was not stored and will not be delivered.
+var ErrNacked = errors.New("amqp: broker nacked the message")
+
+// ErrConfirmLost is returned (wrapped) when the channel closed before the
+// broker confirmed a message: it may or may not have been stored.
+var ErrConfirmLost = errors.New("amqp: channel closed before the broker confirmed the message")
+
+// ReturnedError is returned when the broker returned a mandatory message
+// because no queue was bound to take it.
+type ReturnedError struct {
+	Return amqp091.Return
+}
+
+// Error names the destination and the broker's reason.
+func (e *ReturnedError) Error() string {
+	return fmt.Sprintf("amqp: message returned by broker: %d %s (exchange %q, routing key %q)",
+		e.Return.ReplyCode, e.Return.ReplyText, e.Return.Exchange, e.Return.RoutingKey)
+}

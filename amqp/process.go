@@ -1,0 +1,213 @@
+package amqp
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"sync"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+	"go.opentelemetry.io/otel/attribute"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+
+	"github.com/tracebridge/tracebridge"
+	"github.com/tracebridge/tracebridge/internal/msgtrace"
+)
+
+// Tracer starts process spans for deliveries that come from a delivery
+// loop of your own. Most users want Consumer instead, which also acks,
+// retries and dead-letters. A Tracer is safe for concurrent use.
+type Tracer struct {
+	t *msgtrace.Tracer
+}
+
+// NewTracer returns a Tracer. It reads WithTracerProvider,
+// WithMeterProvider, WithPropagators, WithTrust, WithParentPolicy,
+// WithSettleSpans and WithErrorOnEveryAttempt.
+func NewTracer(opts ...tracebridge.Option) *Tracer {
+	return &Tracer{t: msgtrace.New("rabbitmq", opts)}
+}
+
+// Delivery is a delivery with its process span open. It embeds the
+// amqp091.Delivery, whose Ack, Nack and Reject settle the message and then
+// end the span, so code that settles d.Delivery (or the embedded methods)
+// keeps the span honest: it covers the handler up to the settle.
+//
+// An Ack with multiple=true acks earlier deliveries at the broker too, but
+// ends only this delivery's span; settle each Delivery to end each span.
+type Delivery struct {
+	amqp091.Delivery
+
+	p    *msgtrace.Process
+	ctx  context.Context
+	real amqp091.Acknowledger
+
+	mu    sync.Mutex
+	err   error
+	ended bool
+}
+
+// StartProcess starts the CONSUMER "process" span for d and returns the
+// context to run the handler under (the span, the message's baggage and
+// session, nothing of other messages) and d with its span attached. The
+// span ends when the delivery is acked, nacked or rejected, or at End for
+// deliveries consumed with auto-ack. Headers of the wrong type or malformed
+// trace headers never fail: the message simply starts a new trace.
+func (t *Tracer) StartProcess(ctx context.Context, d amqp091.Delivery) (context.Context, *Delivery) {
+	ctx, p := t.t.StartProcess(ctx, describe(t.t, &d, ""))
+	pd := &Delivery{Delivery: d, p: p, ctx: ctx, real: d.Acknowledger}
+	pd.Delivery.Acknowledger = settler{pd}
+	return ctx, pd
+}
+
+// Attempt returns the number of this delivery attempt, counted from 1.
+func (d *Delivery) Attempt() int { return d.p.Attempt }
+
+// Fail records err as the handler's failure; it is reported on the span
+// when the delivery is settled. A nil err clears it.
+func (d *Delivery) Fail(err error) {
+	d.mu.Lock()
+	d.err = err
+	d.mu.Unlock()
+}
+
+// End ends the span without settling, for deliveries consumed with
+// auto-ack. final says whether a failure is the message's last attempt.
+// End after a settle, or twice, does nothing.
+func (d *Delivery) End(err error, final bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.ended {
+		return
+	}
+	d.ended = true
+	if err == nil {
+		err = d.err
+	}
+	d.p.End(d.ctx, err, final)
+}
+
+// settle performs a settle at the broker and ends the span with its outcome.
+func (d *Delivery) settle(op string, final bool, do func(amqp091.Acknowledger) error) error {
+	if d.real == nil {
+		return errors.New("amqp: delivery has no channel to settle on")
+	}
+	err := do(d.real)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.ended {
+		return err
+	}
+	d.ended = true
+	d.p.Settle(d.ctx, op, err)
+	herr := d.err
+	if herr == nil && err != nil {
+		herr = err
+	}
+	d.p.End(d.ctx, herr, final && herr != nil)
+	return err
+}
+
+// settler is the Acknowledger of a traced Delivery.
+type settler struct{ d *Delivery }
+
+func (s settler) Ack(tag uint64, multiple bool) error {
+	return s.d.settle("ack", false, func(a amqp091.Acknowledger) error { return a.Ack(tag, multiple) })
+}
+
+func (s settler) Nack(tag uint64, multiple, requeue bool) error {
+	return s.d.settle("nack", !requeue, func(a amqp091.Acknowledger) error { return a.Nack(tag, multiple, requeue) })
+}
+
+func (s settler) Reject(tag uint64, requeue bool) error {
+	return s.d.settle("reject", !requeue, func(a amqp091.Acknowledger) error { return a.Reject(tag, requeue) })
+}
+
+// Broker headers that count deliveries.
+const (
+	headerDeliveryCount = "x-delivery-count" // quorum queues: earlier deliveries
+	headerDeath         = "x-death"          // dead-lettering history
+)
+
+// describe turns a delivery into what msgtrace needs. queue names the
+// destination when known (a Consumer); otherwise the exchange, or the
+// routing key for the default exchange, as on the producer side.
+func describe(t *msgtrace.Tracer, d *amqp091.Delivery, queue string) msgtrace.Delivery {
+	dest := queue
+	if dest == "" {
+		dest = d.Exchange
+		if dest == "" {
+			dest = d.RoutingKey
+		}
+	}
+	attrs := make([]attribute.KeyValue, 0, 2)
+	attrs = append(attrs, semconv.MessagingRabbitMQMessageDeliveryTag(int(d.DeliveryTag)))
+	if d.RoutingKey != "" {
+		attrs = append(attrs, semconv.MessagingRabbitMQDestinationRoutingKey(d.RoutingKey))
+	}
+	md := msgtrace.Delivery{
+		Message:     msgtrace.Message{Destination: dest, ID: d.MessageId, BodySize: len(d.Body), Attrs: attrs},
+		Carrier:     Carrier(d.Headers),
+		PublishedAt: d.Timestamp,
+	}
+	if d.MessageId != "" {
+		md.Identity = dest + "\x00" + d.MessageId
+	}
+	if n, ok := toInt(d.Headers[headerDeliveryCount]); ok && n >= 0 {
+		md.Deliveries = int(n) + 1
+	}
+	// retry-attempt, written by tracebridge when it republishes, already
+	// counts the trips through the delay queue that x-death also records;
+	// x-death alone counts dead-letter cycles set up without tracebridge.
+	if Carrier(d.Headers).Get(t.Carrier().Names().RetryAttempt) == "" {
+		if deaths := deathCount(d.Headers[headerDeath]); deaths > 0 {
+			md.Attempt = deaths + max(md.Deliveries, 1)
+		}
+	}
+	return md
+}
+
+// deathCount sums the counts of an x-death header, ignoring anything that
+// does not have the shape RabbitMQ writes.
+func deathCount(v any) int {
+	list, ok := v.([]any)
+	if !ok {
+		return 0
+	}
+	total := 0
+	for _, e := range list {
+		t, ok := e.(amqp091.Table)
+		if !ok {
+			continue
+		}
+		if n, ok := toInt(t["count"]); ok && n > 0 && n < 1<<20 {
+			total += int(n)
+		}
+	}
+	return min(total, 1<<20)
+}
+
+func toInt(v any) (int64, bool) {
+	switch n := v.(type) {
+	case int64:
+		return n, true
+	case int32:
+		return int64(n), true
+	case int16:
+		return int64(n), true
+	case int8:
+		return int64(n), true
+	case int:
+		return int64(n), true
+	case uint8:
+		return int64(n), true
+	case uint16:
+		return int64(n), true
+	case uint32:
+		return int64(n), true
+	case string:
+		i, err := strconv.ParseInt(n, 10, 64)
+		return i, err == nil
+	}
+	return 0, false
+}

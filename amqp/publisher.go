@@ -1,0 +1,413 @@
+package amqp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+
+	"github.com/tracebridge/tracebridge"
+	"github.com/tracebridge/tracebridge/internal/msgtrace"
+)
+
+// Publisher publishes messages with one PRODUCER "send" span each and the
+// journey (trace context, baggage, session) in the message headers.
+//
+// With tracebridge.WithConfirms the publisher puts its channel into
+// confirm mode and every publish waits for the broker: the span ends on the
+// broker's ack or nack, and a nack, a returned mandatory message or a
+// channel that closes before the answer is an error on the span and to the
+// caller. A Publisher is safe for concurrent use.
+type Publisher struct {
+	t    *msgtrace.Tracer
+	addr string
+	port int
+
+	// fixed is the wrapped channel of NewPublisher; nil for DialPublisher.
+	fixed *pubChannel
+
+	// The reconnecting state of DialPublisher.
+	mu     sync.Mutex
+	cur    *pubChannel   // nil while disconnected
+	ready  chan struct{} // closed when cur is set again
+	link   *link
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// NewPublisher wraps ch. It reads WithTracerProvider, WithMeterProvider,
+// WithPropagators and WithConfirms (which calls ch.Confirm). The publisher
+// does not reconnect: once ch is closed, publishes fail with
+// ErrDisconnected. Use DialPublisher for a publisher that reconnects.
+func NewPublisher(ch *amqp091.Channel, opts ...tracebridge.Option) (*Publisher, error) {
+	p := &Publisher{t: msgtrace.New("rabbitmq", opts)}
+	pc, err := newPubChannel(ch, p.t.Confirms, p.t.Carrier().Names().Traceparent)
+	if err != nil {
+		return nil, err
+	}
+	p.fixed = pc
+	return p, nil
+}
+
+// DialPublisher connects to url and returns a Publisher that owns its
+// connection and reconnects with backoff when the connection or channel
+// closes. While it is disconnected a publish fails at once with
+// ErrDisconnected, or waits up to WithReconnectWait for the connection to
+// come back. It reads the options NewPublisher reads and WithReconnectWait.
+// Close it to stop reconnecting and close the connection.
+func DialPublisher(url string, opts ...tracebridge.Option) (*Publisher, error) {
+	p := &Publisher{t: msgtrace.New("rabbitmq", opts), link: newLink(url), ready: make(chan struct{})}
+	p.addr, p.port = p.link.addr, p.link.port
+	ch, err := p.link.channel()
+	if err != nil {
+		return nil, err
+	}
+	pc, err := newPubChannel(ch, p.t.Confirms, p.t.Carrier().Names().Traceparent)
+	if err != nil {
+		p.link.close()
+		return nil, err
+	}
+	p.cur = pc
+	close(p.ready)
+	ctx, cancel := context.WithCancel(context.Background())
+	p.cancel, p.done = cancel, make(chan struct{})
+	go p.reconnect(ctx)
+	return p, nil
+}
+
+// reconnect replaces the channel whenever it closes, until Close.
+func (p *Publisher) reconnect(ctx context.Context) {
+	defer close(p.done)
+	for {
+		p.mu.Lock()
+		pc := p.cur
+		p.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return
+		case <-pc.closed:
+		}
+		p.mu.Lock()
+		p.cur, p.ready = nil, make(chan struct{})
+		p.mu.Unlock()
+		var next *pubChannel
+		err := msgtrace.Redial(ctx, reconnectBackoff, reconnectMin, func(context.Context) error {
+			ch, err := p.link.channel()
+			if err != nil {
+				return err
+			}
+			next, err = newPubChannel(ch, p.t.Confirms, p.t.Carrier().Names().Traceparent)
+			return err
+		}, func(n int, err error) {
+			if n == 1 || n%10 == 0 {
+				p.t.Logger.Warn("tracebridge: RabbitMQ publisher reconnecting", "attempt", n, "error", err)
+			}
+		})
+		if err != nil {
+			return
+		}
+		p.mu.Lock()
+		p.cur = next
+		close(p.ready)
+		p.mu.Unlock()
+	}
+}
+
+// Close stops reconnecting and closes the connection of a Publisher made by
+// DialPublisher. It does not close a channel given to NewPublisher.
+func (p *Publisher) Close() error {
+	if p.link == nil {
+		return nil
+	}
+	p.cancel()
+	<-p.done
+	return p.link.close()
+}
+
+// channel returns the open channel, waiting for a reconnect when allowed.
+func (p *Publisher) channel(ctx context.Context) (*pubChannel, error) {
+	if p.fixed != nil {
+		if p.fixed.ch.IsClosed() {
+			return nil, ErrDisconnected
+		}
+		return p.fixed, nil
+	}
+	p.mu.Lock()
+	pc, ready := p.cur, p.ready
+	p.mu.Unlock()
+	if pc != nil && !pc.ch.IsClosed() {
+		return pc, nil
+	}
+	if p.t.ReconnectWait <= 0 {
+		return nil, ErrDisconnected
+	}
+	timer := time.NewTimer(p.t.ReconnectWait)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: %w", ErrDisconnected, ctx.Err())
+		case <-timer.C:
+			return nil, fmt.Errorf("%w (waited %s for reconnect)", ErrDisconnected, p.t.ReconnectWait)
+		case <-ready:
+		}
+		p.mu.Lock()
+		pc, ready = p.cur, p.ready
+		p.mu.Unlock()
+		if pc != nil && !pc.ch.IsClosed() {
+			return pc, nil
+		}
+	}
+}
+
+// PublishWithContext publishes msg like amqp091's Channel.PublishWithContext,
+// inside a "send" span whose context becomes the message's creation
+// context. msg.Headers is copied, never modified, so one Publishing can be
+// sent concurrently. A message that already carries a valid traceparent is
+// forwarded: it keeps it, and the span links to it. With WithConfirms it
+// returns once the broker has confirmed the message.
+func (p *Publisher) PublishWithContext(ctx context.Context, exchange, key string, mandatory, immediate bool, msg amqp091.Publishing) error {
+	c, err := p.PublishWithDeferredConfirm(ctx, exchange, key, mandatory, immediate, msg)
+	if err != nil {
+		return err
+	}
+	return c.Wait(ctx)
+}
+
+// Confirmation is a publish whose broker confirmation is still to come.
+// Wait for it exactly once or more; the send span ends at the first Wait
+// that sees the answer.
+type Confirmation struct {
+	p         *Publisher
+	pc        *pubChannel
+	op        msgtrace.Op
+	ctx       context.Context // the span's context, for its metrics
+	dc        *amqp091.DeferredConfirmation
+	key       returnKey
+	mandatory bool
+	where     string
+
+	once sync.Once
+	err  error
+}
+
+// PublishWithDeferredConfirm publishes msg like PublishWithContext but does
+// not wait for the broker: Wait on the Confirmation ends the span with the
+// broker's answer. Without WithConfirms the Confirmation is already done.
+func (p *Publisher) PublishWithDeferredConfirm(ctx context.Context, exchange, key string, mandatory, immediate bool, msg amqp091.Publishing) (*Confirmation, error) {
+	where := fmt.Sprintf("exchange %q routing key %q", exchange, key)
+	h := make(amqp091.Table, len(msg.Headers)+4)
+	for k, v := range msg.Headers {
+		h[k] = v
+	}
+	msg.Headers = h
+	dest := exchange
+	if dest == "" {
+		dest = key // the default exchange routes by queue name
+	}
+	m := msgtrace.Message{Destination: dest, ID: msg.MessageId, BodySize: len(msg.Body),
+		ServerAddress: p.addr, ServerPort: p.port}
+	if key != "" {
+		m.Attrs = append(m.Attrs, semconv.MessagingRabbitMQDestinationRoutingKey(key))
+	}
+	sctx, op := p.t.StartSend(ctx, Carrier(h), m)
+	c := &Confirmation{p: p, op: op, ctx: sctx, mandatory: mandatory, where: where}
+
+	pc, err := p.channel(ctx)
+	if err != nil {
+		err = fmt.Errorf("amqp: publish to %s: %w", where, err)
+		c.finish(err)
+		return nil, err
+	}
+	c.pc = pc
+	if !pc.confirms {
+		err := pc.ch.PublishWithContext(ctx, exchange, key, mandatory, immediate, msg)
+		if c.finish(p.publishErr(pc, where, err)); c.err != nil {
+			return nil, c.err
+		}
+		return c, nil
+	}
+	if mandatory {
+		c.key = newReturnKey(exchange, key, &msg, p.t.Carrier().Names().Traceparent)
+		pc.expect(c.key)
+	}
+	c.dc, err = pc.ch.PublishWithDeferredConfirmWithContext(ctx, exchange, key, mandatory, immediate, msg)
+	if err != nil {
+		if mandatory {
+			pc.forget(c.key)
+		}
+		c.finish(p.publishErr(pc, where, err))
+		return nil, c.err
+	}
+	return c, nil
+}
+
+func (p *Publisher) publishErr(pc *pubChannel, where string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, amqp091.ErrClosed) || pc.ch.IsClosed() {
+		return fmt.Errorf("amqp: publish to %s: %w: %w", where, ErrDisconnected, err)
+	}
+	return fmt.Errorf("amqp: publish to %s: %w", where, err)
+}
+
+// Done is closed when the broker has answered (or the channel closed).
+func (c *Confirmation) Done() <-chan struct{} {
+	if c.dc == nil {
+		return closedChan
+	}
+	return c.dc.Done()
+}
+
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// Wait waits for the broker's answer or for ctx, ends the send span, and
+// returns nil for an ack, an error wrapping ErrNacked for a nack, a
+// *ReturnedError for a returned mandatory message, ErrConfirmLost when the
+// channel closed first, or ctx's error. After ctx ends the span ends with
+// ctx's error, and the message's fate is unknown.
+func (c *Confirmation) Wait(ctx context.Context) error {
+	if c.dc == nil {
+		return c.err
+	}
+	select {
+	case <-c.dc.Done():
+	case <-ctx.Done():
+		c.finish(fmt.Errorf("amqp: publish to %s: waiting for confirm: %w", c.where, ctx.Err()))
+		return c.err
+	}
+	acked := c.dc.Acked()
+	var err error
+	var ret *amqp091.Return
+	if c.mandatory {
+		ret = c.pc.returned(c.key)
+	}
+	switch {
+	case ret != nil:
+		err = &ReturnedError{Return: *ret}
+	case acked:
+	case c.pc.ch.IsClosed():
+		err = fmt.Errorf("amqp: publish to %s: %w", c.where, ErrConfirmLost)
+	default:
+		err = fmt.Errorf("amqp: publish to %s: %w", c.where, ErrNacked)
+	}
+	c.finish(err)
+	return c.err
+}
+
+func (c *Confirmation) finish(err error) {
+	c.once.Do(func() {
+		c.err = err
+		c.op.End(c.ctx, err)
+	})
+}
+
+// returnKey identifies a mandatory message well enough to match the
+// broker's basic.return to the publish it answers; AMQP returns carry no
+// delivery tag. Two publishes with the same key go to the same
+// destination, so they are routable or unroutable alike and counting them
+// is exact.
+type returnKey struct {
+	exchange, key, id, traceparent string
+}
+
+func newReturnKey(exchange, key string, msg *amqp091.Publishing, tp string) returnKey {
+	return returnKey{exchange, key, msg.MessageId, Carrier(msg.Headers).Get(tp)}
+}
+
+// pubChannel is a channel with the bookkeeping that matches returned
+// mandatory messages to their confirmations.
+type pubChannel struct {
+	ch       *amqp091.Channel
+	confirms bool
+
+	mu       sync.Mutex
+	pending  map[returnKey]int
+	returns  map[returnKey][]amqp091.Return
+	syncReq  chan chan struct{}
+	closed   chan struct{} // closed when the channel has closed
+	traceKey string
+}
+
+func newPubChannel(ch *amqp091.Channel, confirms bool, traceKey string) (*pubChannel, error) {
+	if confirms {
+		if err := ch.Confirm(false); err != nil {
+			_ = ch.Close()
+			return nil, fmt.Errorf("amqp: enable publisher confirms: %w", err)
+		}
+	}
+	pc := &pubChannel{ch: ch, confirms: confirms, pending: map[returnKey]int{},
+		returns: map[returnKey][]amqp091.Return{}, syncReq: make(chan chan struct{}), closed: make(chan struct{}),
+		traceKey: traceKey}
+	// Unbuffered on purpose: the client's reader hands a return over before
+	// it processes the ack that follows it, and the goroutine below records
+	// the return before it answers a sync request, so a confirmation that
+	// has arrived implies its return (if any) is visible after sync.
+	rets := ch.NotifyReturn(make(chan amqp091.Return))
+	go pc.collect(rets)
+	return pc, nil
+}
+
+func (pc *pubChannel) collect(rets <-chan amqp091.Return) {
+	defer close(pc.closed)
+	for {
+		select {
+		case r, ok := <-rets:
+			if !ok {
+				return
+			}
+			k := returnKey{r.Exchange, r.RoutingKey, r.MessageId, Carrier(r.Headers).Get(pc.traceKey)}
+			pc.mu.Lock()
+			if pc.pending[k] > len(pc.returns[k]) {
+				pc.returns[k] = append(pc.returns[k], r)
+			}
+			pc.mu.Unlock()
+		case reply := <-pc.syncReq:
+			close(reply)
+		}
+	}
+}
+
+func (pc *pubChannel) expect(k returnKey) {
+	pc.mu.Lock()
+	pc.pending[k]++
+	pc.mu.Unlock()
+}
+
+func (pc *pubChannel) forget(k returnKey) {
+	pc.mu.Lock()
+	pc.release(k)
+	pc.mu.Unlock()
+}
+
+func (pc *pubChannel) release(k returnKey) {
+	if pc.pending[k]--; pc.pending[k] <= 0 {
+		delete(pc.pending, k)
+		delete(pc.returns, k)
+	}
+}
+
+// returned reports the return for k, if the broker sent one, once the
+// confirmation for k has arrived.
+func (pc *pubChannel) returned(k returnKey) *amqp091.Return {
+	reply := make(chan struct{})
+	select {
+	case pc.syncReq <- reply:
+		<-reply
+	case <-pc.closed:
+	}
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	var r *amqp091.Return
+	if rs := pc.returns[k]; len(rs) > 0 {
+		r = &rs[0]
+		pc.returns[k] = rs[1:]
+	}
+	pc.release(k)
+	return r
+}

@@ -1,0 +1,237 @@
+package nats
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	natsgo "github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/tracebridge/tracebridge"
+	"github.com/tracebridge/tracebridge/carrier"
+	"github.com/tracebridge/tracebridge/internal/msgtrace"
+)
+
+// Conn is a core NATS connection whose publishes, subscriptions and
+// requests are traced. It embeds the *nats.Conn, so everything the wrapper
+// does not trace (Flush, Drain, Close, status) is called as usual.
+type Conn struct {
+	*natsgo.Conn
+	t    *msgtrace.Tracer
+	host string
+	port int
+}
+
+// MsgHandler handles one core NATS message. ctx carries the message's
+// process span, baggage and session, and nothing of any other message.
+type MsgHandler func(ctx context.Context, msg *natsgo.Msg)
+
+// Wrap traces nc. It reads WithTracerProvider, WithMeterProvider,
+// WithPropagators, WithTrust, WithParentPolicy, WithConcurrency (workers of
+// ChanSubscribe) and WithLogger.
+func Wrap(nc *natsgo.Conn, opts ...tracebridge.Option) *Conn {
+	c := &Conn{Conn: nc, t: msgtrace.New("nats", opts)}
+	c.host, c.port = serverOf(nc)
+	return c
+}
+
+// serverOf reads server.address and server.port once: the connection may
+// later reconnect elsewhere, but resolving it on every message would cost
+// a lock and an allocation on the hot path.
+func serverOf(nc *natsgo.Conn) (string, int) {
+	if nc == nil {
+		return "", 0
+	}
+	u, err := url.Parse(nc.ConnectedUrl())
+	if err != nil {
+		return "", 0
+	}
+	port, _ := strconv.Atoi(u.Port())
+	return u.Hostname(), port
+}
+
+func (c *Conn) describe(subject string, size int) msgtrace.Message {
+	return msgtrace.Message{Destination: subject, BodySize: size, ServerAddress: c.host, ServerPort: c.port}
+}
+
+// Publish publishes data to subj in a PRODUCER "send" span whose context
+// travels in the message headers.
+func (c *Conn) Publish(ctx context.Context, subj string, data []byte) error {
+	return c.PublishMsg(ctx, &natsgo.Msg{Subject: subj, Data: data})
+}
+
+// PublishMsg publishes m in a PRODUCER "send" span and writes the journey
+// into m.Header (creating it if nil). A message that already carries a
+// valid traceparent is forwarded: its creation context is kept and the
+// send span links to it. On a connection without header support the
+// message goes out without headers and only the send span records it.
+func (c *Conn) PublishMsg(ctx context.Context, m *natsgo.Msg) error {
+	ctx, op := c.startSend(ctx, m, c.describe(m.Subject, len(m.Data)))
+	err := c.Conn.PublishMsg(m)
+	if err != nil {
+		err = fmt.Errorf("nats: publish to %q: %w", m.Subject, err)
+	}
+	op.End(ctx, err)
+	return err
+}
+
+// discard is the carrier for connections that cannot send headers.
+type discard struct{}
+
+func (discard) Get(string) string { return "" }
+func (discard) Set(string, string) {}
+func (discard) Keys() []string    { return nil }
+
+// headerCarrier returns where to inject m's journey: the message's own
+// headers, or nowhere when the server refuses headers (publishing them
+// would fail the message, and tracing must never do that).
+func headerCarrier(nc *natsgo.Conn, m *natsgo.Msg) propagation.TextMapCarrier {
+	if nc != nil && !nc.HeadersSupported() {
+		return discard{}
+	}
+	if m.Header == nil {
+		m.Header = make(natsgo.Header, 4)
+	}
+	return &injector{h: HeaderCarrier(m.Header)}
+}
+
+func (c *Conn) startSend(ctx context.Context, m *natsgo.Msg, d msgtrace.Message) (context.Context, msgtrace.Op) {
+	return c.t.StartSend(ctx, headerCarrier(c.Conn, m), d)
+}
+
+// Request sends a request in a CLIENT "request" span and waits up to
+// timeout for the reply. The responder's process span is a child of it,
+// and when the reply carries the responder's context (see Respond) the
+// span links to it.
+func (c *Conn) Request(ctx context.Context, subj string, data []byte, timeout time.Duration) (*natsgo.Msg, error) {
+	return c.RequestMsg(ctx, &natsgo.Msg{Subject: subj, Data: data}, timeout)
+}
+
+// RequestMsg is Request for a prepared message; the journey is written into
+// m.Header. ctx's cancellation also ends the wait.
+func (c *Conn) RequestMsg(ctx context.Context, m *natsgo.Msg, timeout time.Duration) (*natsgo.Msg, error) {
+	ctx, op := c.t.StartClient(ctx, headerCarrier(c.Conn, m), "request", c.describe(m.Subject, len(m.Data)))
+	rctx, cancel := context.WithTimeout(ctx, timeout)
+	reply, err := c.Conn.RequestMsgWithContext(rctx, m)
+	cancel()
+	if err != nil {
+		err = fmt.Errorf("nats: request to %q: %w", m.Subject, err)
+	} else if sc, ok := carrier.ParseTraceparent(HeaderCarrier(reply.Header).Get(c.t.Carrier().Names().Traceparent)); ok {
+		op.Span.AddLink(trace.Link{SpanContext: sc,
+			Attributes: []attribute.KeyValue{msgtrace.LinkTypeKey.String(msgtrace.LinkReply)}})
+	}
+	op.End(ctx, err)
+	return reply, err
+}
+
+// Respond replies to req with data and carries ctx's span (the responder's
+// process span, when ctx is the handler's) back to the requester, whose
+// request span links to it.
+func (c *Conn) Respond(ctx context.Context, req *natsgo.Msg, data []byte) error {
+	return c.RespondMsg(ctx, req, &natsgo.Msg{Data: data})
+}
+
+// RespondMsg is Respond for a prepared reply; its subject is set to req's
+// reply subject.
+func (c *Conn) RespondMsg(ctx context.Context, req, reply *natsgo.Msg) error {
+	c.t.Inject(ctx, headerCarrier(c.Conn, reply))
+	if err := req.RespondMsg(reply); err != nil {
+		return fmt.Errorf("nats: respond to %q: %w", req.Subject, err)
+	}
+	return nil
+}
+
+// Subscribe runs h for every message on subj, each in a CONSUMER "process"
+// span. A wildcard subject becomes messaging.destination.template and the
+// span name, keeping names low-cardinality.
+func (c *Conn) Subscribe(subj string, h MsgHandler) (*natsgo.Subscription, error) {
+	sub, err := c.Conn.Subscribe(subj, c.callback(context.Background(), subj, "", h))
+	if err != nil {
+		return nil, fmt.Errorf("nats: subscribe %q: %w", subj, err)
+	}
+	return sub, nil
+}
+
+// QueueSubscribe is Subscribe as a member of queue group queue, which is
+// recorded as messaging.consumer.group.name.
+func (c *Conn) QueueSubscribe(subj, queue string, h MsgHandler) (*natsgo.Subscription, error) {
+	sub, err := c.Conn.QueueSubscribe(subj, queue, c.callback(context.Background(), subj, queue, h))
+	if err != nil {
+		return nil, fmt.Errorf("nats: queue subscribe %q group %q: %w", subj, queue, err)
+	}
+	return sub, nil
+}
+
+// ChanSubscribe delivers subj's messages into ch and runs h on them with
+// WithConcurrency workers, so handlers run in parallel (a Subscribe callback
+// runs one at a time). The workers stop when ctx ends or ch is closed,
+// after the message in hand; ctx is also the handlers' base context.
+func (c *Conn) ChanSubscribe(ctx context.Context, subj string, ch chan *natsgo.Msg, h MsgHandler) (*natsgo.Subscription, error) {
+	return c.ChanQueueSubscribe(ctx, subj, "", ch, h)
+}
+
+// ChanQueueSubscribe is ChanSubscribe as a member of queue group queue.
+func (c *Conn) ChanQueueSubscribe(ctx context.Context, subj, queue string, ch chan *natsgo.Msg, h MsgHandler) (*natsgo.Subscription, error) {
+	var sub *natsgo.Subscription
+	var err error
+	if queue == "" {
+		sub, err = c.Conn.ChanSubscribe(subj, ch)
+	} else {
+		sub, err = c.Conn.ChanQueueSubscribe(subj, queue, ch)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("nats: chan subscribe %q group %q: %w", subj, queue, err)
+	}
+	run := c.callback(ctx, subj, queue, h)
+	for range c.t.Concurrency {
+		go func() {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case m, ok := <-ch:
+					if !ok {
+						return
+					}
+					run(m)
+				}
+			}
+		}()
+	}
+	return sub, nil
+}
+
+func (c *Conn) callback(base context.Context, subj, queue string, h MsgHandler) natsgo.MsgHandler {
+	tmpl := ""
+	if isWildcard(subj) {
+		tmpl = subj
+	}
+	return func(m *natsgo.Msg) {
+		d := msgtrace.Delivery{Message: c.describe(m.Subject, len(m.Data)), Carrier: HeaderCarrier(m.Header)}
+		d.DestinationTemplate, d.ConsumerGroup = tmpl, queue
+		ctx, p := c.t.StartProcess(base, d)
+		err := msgtrace.Call(func() error { h(ctx, m); return nil })
+		if err != nil {
+			// Core NATS has no redelivery: the panic is recorded as final
+			// and logged, and the subscription keeps running.
+			c.t.Logger.ErrorContext(ctx, "tracebridge: NATS handler panicked", "subject", m.Subject, "error", err)
+		}
+		p.End(ctx, err, err != nil)
+	}
+}
+
+// isWildcard reports whether subj has a * or > token.
+func isWildcard(subj string) bool {
+	for tok := range strings.SplitSeq(subj, ".") {
+		if tok == "*" || tok == ">" {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,124 @@
+package nats
+
+import (
+	"context"
+	"fmt"
+
+	natsgo "github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/tracebridge/tracebridge"
+	"github.com/tracebridge/tracebridge/internal/msgtrace"
+)
+
+// Attributes of tracebridge's own for JetStream: semconv has no NATS
+// attributes, and the stream sequence is what finds a message again.
+const (
+	StreamKey         = attribute.Key("tracebridge.nats.stream")
+	StreamSequenceKey = attribute.Key("tracebridge.nats.stream.sequence")
+	DuplicateKey      = attribute.Key("tracebridge.nats.duplicate")
+	DeliveredKey      = attribute.Key("tracebridge.nats.num_delivered")
+)
+
+// JetStream traces publishes to JetStream. It embeds the
+// jetstream.JetStream, so stream and consumer management is called as
+// usual; only the publish methods differ, by taking a context.
+type JetStream struct {
+	jetstream.JetStream
+	t    *msgtrace.Tracer
+	host string
+	port int
+}
+
+// WrapJetStream traces js's publishes. It reads WithTracerProvider,
+// WithMeterProvider, WithPropagators and WithLogger.
+func WrapJetStream(js jetstream.JetStream, opts ...tracebridge.Option) *JetStream {
+	j := &JetStream{JetStream: js, t: msgtrace.New("nats", opts)}
+	j.host, j.port = serverOf(js.Conn())
+	return j
+}
+
+// Publish publishes data to subj in a PRODUCER "send" span that ends with
+// the PubAck, whose stream and sequence it records.
+func (j *JetStream) Publish(ctx context.Context, subj string, data []byte, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	return j.PublishMsg(ctx, &natsgo.Msg{Subject: subj, Data: data}, opts...)
+}
+
+// PublishMsg is Publish for a prepared message; the journey is written into
+// m.Header, keeping a creation context m already carries.
+func (j *JetStream) PublishMsg(ctx context.Context, m *natsgo.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	ctx, op := j.startSend(ctx, m)
+	ack, err := j.JetStream.PublishMsg(ctx, m, opts...)
+	if err != nil {
+		err = fmt.Errorf("nats: JetStream publish to %q: %w", m.Subject, err)
+	} else {
+		setAck(op.Span, ack)
+	}
+	op.End(ctx, err)
+	return ack, err
+}
+
+func (j *JetStream) startSend(ctx context.Context, m *natsgo.Msg) (context.Context, msgtrace.Op) {
+	d := msgtrace.Message{Destination: m.Subject, BodySize: len(m.Data), ServerAddress: j.host, ServerPort: j.port}
+	if m.Header != nil {
+		d.ID = m.Header.Get(jetstream.MsgIDHeader)
+	}
+	return j.t.StartSend(ctx, headerCarrier(j.Conn(), m), d)
+}
+
+func setAck(span trace.Span, ack *jetstream.PubAck) {
+	if ack == nil || !span.IsRecording() {
+		return
+	}
+	span.SetAttributes(StreamKey.String(ack.Stream), StreamSequenceKey.Int64(int64(ack.Sequence)))
+	if ack.Duplicate {
+		span.SetAttributes(DuplicateKey.Bool(true))
+	}
+}
+
+// PublishAsync publishes without waiting. The send span ends when the
+// PubAck or the error arrives, so it measures the round trip; read the
+// result from the returned future as usual.
+func (j *JetStream) PublishAsync(ctx context.Context, subj string, data []byte, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
+	return j.PublishMsgAsync(ctx, &natsgo.Msg{Subject: subj, Data: data}, opts...)
+}
+
+// PublishMsgAsync is PublishAsync for a prepared message. A future whose
+// ack never arrives keeps its span open; set jetstream.WithPublishAsyncTimeout
+// on the JetStream context to bound that.
+func (j *JetStream) PublishMsgAsync(ctx context.Context, m *natsgo.Msg, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
+	ctx, op := j.startSend(ctx, m)
+	f, err := j.JetStream.PublishMsgAsync(m, opts...)
+	if err != nil {
+		err = fmt.Errorf("nats: JetStream async publish to %q: %w", m.Subject, err)
+		op.End(ctx, err)
+		return nil, err
+	}
+	// The inner future hands its result out once; this one takes it to
+	// end the span and hands it on.
+	tf := &pubAckFuture{inner: f, ok: make(chan *jetstream.PubAck, 1), err: make(chan error, 1)}
+	go func() {
+		select {
+		case ack := <-f.Ok():
+			setAck(op.Span, ack)
+			op.End(ctx, nil)
+			tf.ok <- ack
+		case e := <-f.Err():
+			op.End(ctx, fmt.Errorf("nats: JetStream async publish to %q: %w", m.Subject, e))
+			tf.err <- e
+		}
+	}()
+	return tf, nil
+}
+
+type pubAckFuture struct {
+	inner jetstream.PubAckFuture
+	ok    chan *jetstream.PubAck
+	err   chan error
+}
+
+func (f *pubAckFuture) Ok() <-chan *jetstream.PubAck { return f.ok }
+func (f *pubAckFuture) Err() <-chan error            { return f.err }
+func (f *pubAckFuture) Msg() *natsgo.Msg             { return f.inner.Msg() }

@@ -1,0 +1,165 @@
+package kafka_test
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	kafkago "github.com/segmentio/kafka-go"
+	"go.opentelemetry.io/otel/attribute"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+
+	"github.com/tracebridge/tracebridge"
+	"github.com/tracebridge/tracebridge/internal/testenv"
+)
+
+var topicSeq atomic.Int64
+
+func newTopic(prefix string) string {
+	return fmt.Sprintf("%s-%d-%d", prefix, time.Now().UnixNano()%1e9, topicSeq.Add(1))
+}
+
+func rawWriter(addrs []string, topic string) *kafkago.Writer {
+	return &kafkago.Writer{
+		Addr:                   kafkago.TCP(addrs...),
+		Topic:                  topic,
+		Balancer:               &kafkago.Hash{},
+		BatchSize:              1000,
+		BatchTimeout:           2 * time.Millisecond,
+		RequiredAcks:           kafkago.RequireOne,
+		AllowAutoTopicCreation: true,
+	}
+}
+
+func groupReader(addrs []string, group string, commitEvery time.Duration, topics ...string) *kafkago.Reader {
+	return kafkago.NewReader(kafkago.ReaderConfig{
+		Brokers:               addrs,
+		GroupID:               group,
+		GroupTopics:           topics,
+		StartOffset:           kafkago.FirstOffset,
+		MinBytes:              1,
+		MaxBytes:              10e6,
+		MaxWait:               50 * time.Millisecond,
+		CommitInterval:        commitEvery,
+		HeartbeatInterval:     500 * time.Millisecond,
+		SessionTimeout:        6 * time.Second,
+		RebalanceTimeout:      2 * time.Second,
+		JoinGroupBackoff:      200 * time.Millisecond,
+		ReadBackoffMin:        10 * time.Millisecond,
+		ReadBackoffMax:        50 * time.Millisecond,
+		WatchPartitionChanges: false,
+	})
+}
+
+// ensureTopics makes the broker create topics before a group reader looks
+// them up, writing one throwaway message each would pollute the tests, so
+// the topics are created explicitly.
+func ensureTopics(t testing.TB, addrs []string, topics ...string) {
+	t.Helper()
+	cl := &kafkago.Client{Addr: kafkago.TCP(addrs...), Timeout: 10 * time.Second}
+	req := &kafkago.CreateTopicsRequest{}
+	for _, tp := range topics {
+		req.Topics = append(req.Topics, kafkago.TopicConfig{Topic: tp, NumPartitions: 3, ReplicationFactor: 1})
+	}
+	res, err := cl.CreateTopics(context.Background(), req)
+	if err != nil {
+		t.Fatalf("create topics %v: %v", topics, err)
+	}
+	for tp, err := range res.Errors {
+		if err != nil {
+			t.Fatalf("create topic %q: %v", tp, err)
+		}
+	}
+}
+
+func telOpts(tel *testenv.Telemetry) []tracebridge.Option {
+	return []tracebridge.Option{tracebridge.WithTracerProvider(tel.TracerProvider), tracebridge.WithMeterProvider(tel.MeterProvider)}
+}
+
+func attr(s sdktrace.ReadOnlySpan, k attribute.Key) (attribute.Value, bool) {
+	for _, a := range s.Attributes() {
+		if a.Key == k {
+			return a.Value, true
+		}
+	}
+	return attribute.Value{}, false
+}
+
+func spansNamed(tel *testenv.Telemetry, name string) []sdktrace.ReadOnlySpan {
+	var out []sdktrace.ReadOnlySpan
+	for _, s := range tel.Ended() {
+		if s.Name() == name {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// byKey indexes spans by their messaging.kafka.message.key.
+func byKey(spans []sdktrace.ReadOnlySpan) map[string][]sdktrace.ReadOnlySpan {
+	out := make(map[string][]sdktrace.ReadOnlySpan, len(spans))
+	for _, s := range spans {
+		if v, ok := attr(s, "messaging.kafka.message.key"); ok {
+			out[v.AsString()] = append(out[v.AsString()], s)
+		}
+	}
+	return out
+}
+
+// runConsumer runs c until the returned stop is called, failing t if Run
+// returns an error.
+func runConsumer(t testing.TB, run func(context.Context) error) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx) }()
+	var stopped atomic.Bool
+	stop = func() {
+		if stopped.Swap(true) {
+			return
+		}
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("consumer Run: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Errorf("consumer did not shut down in 30s")
+		}
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+func waitFor(t testing.TB, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func headerCount(hs []kafkago.Header, key string) int {
+	n := 0
+	for _, h := range hs {
+		if h.Key == key {
+			n++
+		}
+	}
+	return n
+}
+
+func headerValue(hs []kafkago.Header, key string) string {
+	for _, h := range hs {
+		if h.Key == key {
+			return string(h.Value)
+		}
+	}
+	return ""
+}

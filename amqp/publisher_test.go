@@ -1,0 +1,194 @@
+package amqp_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/tracebridge/tracebridge"
+	"github.com/tracebridge/tracebridge/amqp"
+	"github.com/tracebridge/tracebridge/carrier"
+	"github.com/tracebridge/tracebridge/internal/testenv"
+)
+
+func TestPublisherSendSpanConfirmedAndHeaders(t *testing.T) {
+	url := testenv.AMQP(t)
+	tel := testenv.NewTelemetry(t)
+	q := uniqueQueue(t, url, "pub")
+	_, ch := dial(t, url)
+	declare(t, ch, q, nil)
+	p, err := amqp.NewPublisher(ch, tracebridge.WithTracerProvider(tel.TracerProvider), tracebridge.WithConfirms())
+	if err != nil {
+		t.Fatal(err)
+	}
+	orig := amqp091.Table{"keep": "me"}
+	ctx := carrier.ContextWithSession(context.Background(), "sess-pub-1")
+	if err := p.PublishWithContext(ctx, "", q, true, false, amqp091.Publishing{MessageId: "m1", Body: []byte("hi"), Headers: orig}); err != nil {
+		t.Fatalf("publish: %v", err)
+	}
+	if len(orig) != 1 {
+		t.Errorf("publisher modified the caller's headers: %v", orig)
+	}
+	spans := spansNamed(tel, "send "+q)
+	if len(spans) != 1 {
+		t.Fatalf("got %d send spans, want 1", len(spans))
+	}
+	s := spans[0]
+	if s.SpanKind() != trace.SpanKindProducer {
+		t.Errorf("kind %v, want producer", s.SpanKind())
+	}
+	for k, want := range map[string]string{
+		"messaging.system": "rabbitmq", "messaging.destination.name": q, "messaging.message.id": "m1",
+		"messaging.rabbitmq.destination.routing_key": q, "messaging.operation.type": "send", "session.id": "sess-pub-1",
+	} {
+		if got, _ := attr(s, k); got != want {
+			t.Errorf("%s = %q, want %q", k, got, want)
+		}
+	}
+	d, ok, err := ch.Get(q, true)
+	if err != nil || !ok {
+		t.Fatalf("get: ok=%v err=%v", ok, err)
+	}
+	tp := amqp.Carrier(d.Headers).Get("traceparent")
+	if want := carrier.FormatTraceparent(s.SpanContext()); tp != want {
+		t.Errorf("traceparent %q, want the send span %q", tp, want)
+	}
+	if got := amqp.Carrier(d.Headers).Get("session-id"); got != "sess-pub-1" {
+		t.Errorf("session-id header %q", got)
+	}
+	if got := amqp.Carrier(d.Headers).Get("keep"); got != "me" {
+		t.Errorf("original header lost: %q", got)
+	}
+}
+
+func TestPublisherReturnedAndNackedAreErrors(t *testing.T) {
+	url := testenv.AMQP(t)
+	tel := testenv.NewTelemetry(t)
+	full := uniqueQueue(t, url, "full")
+	_, ch := dial(t, url)
+	// A queue that holds nothing and rejects overflow makes the broker nack.
+	declare(t, ch, full, amqp091.Table{"x-max-length": int32(0), "x-overflow": "reject-publish"})
+	p, err := amqp.NewPublisher(ch, tracebridge.WithTracerProvider(tel.TracerProvider), tracebridge.WithConfirms())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+
+	unroutable := full + ".nobody"
+	err = p.PublishWithContext(ctx, "", unroutable, true, false, amqp091.Publishing{Body: []byte("x")})
+	var re *amqp.ReturnedError
+	if !errors.As(err, &re) || re.Return.ReplyCode != amqp091.NoRoute || re.Return.RoutingKey != unroutable {
+		t.Fatalf("unroutable mandatory publish: err = %v, want *ReturnedError NO_ROUTE for %q", err, unroutable)
+	}
+	// The same publish without mandatory is silently dropped by the broker,
+	// and confirmed: no error.
+	if err := p.PublishWithContext(ctx, "", unroutable, false, false, amqp091.Publishing{Body: []byte("x")}); err != nil {
+		t.Fatalf("non-mandatory unroutable publish: %v", err)
+	}
+	err = p.PublishWithContext(ctx, "", full, true, false, amqp091.Publishing{Body: []byte("x")})
+	if !errors.Is(err, amqp.ErrNacked) {
+		t.Fatalf("publish to full queue: err = %v, want ErrNacked", err)
+	}
+	if err == nil || !contains(err.Error(), full) {
+		t.Errorf("error %q does not name the routing key", err)
+	}
+	// A routable mandatory publish to a normal queue right after: its ack
+	// must not pick up an earlier return.
+	ok := uniqueQueue(t, url, "ok")
+	declare(t, ch, ok, nil)
+	if err := p.PublishWithContext(ctx, "", ok, true, false, amqp091.Publishing{Body: []byte("x")}); err != nil {
+		t.Fatalf("routable publish: %v", err)
+	}
+
+	spans := append(spansNamed(tel, "send "+unroutable), spansNamed(tel, "send "+full)...)
+	if len(spans) != 3 {
+		t.Fatalf("got %d send spans, want 3", len(spans))
+	}
+	errSpans := 0
+	for _, s := range spans {
+		if s.Status().Code == codes.Error {
+			errSpans++
+		}
+	}
+	if errSpans != 2 {
+		t.Errorf("%d send spans with status Error, want 2 (returned, nacked)", errSpans)
+	}
+}
+
+func TestPublisherDeferredConfirm(t *testing.T) {
+	url := testenv.AMQP(t)
+	tel := testenv.NewTelemetry(t)
+	q := uniqueQueue(t, url, "deferred")
+	_, ch := dial(t, url)
+	declare(t, ch, q, nil)
+	p, err := amqp.NewPublisher(ch, tracebridge.WithTracerProvider(tel.TracerProvider), tracebridge.WithConfirms())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 50
+	confs := make([]*amqp.Confirmation, 0, n)
+	for range n {
+		c, err := p.PublishWithDeferredConfirm(context.Background(), "", q, false, false, amqp091.Publishing{Body: []byte("x")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		confs = append(confs, c)
+	}
+	for _, c := range confs {
+		if err := c.Wait(context.Background()); err != nil {
+			t.Fatalf("wait: %v", err)
+		}
+		if err := c.Wait(context.Background()); err != nil {
+			t.Fatalf("second wait: %v", err)
+		}
+	}
+	if got := len(spansNamed(tel, "send "+q)); got != n {
+		t.Errorf("%d send spans ended, want %d (each exactly once)", got, n)
+	}
+}
+
+func TestPublisherDisconnected(t *testing.T) {
+	url := testenv.AMQP(t)
+	_, ch := dial(t, url)
+	p, err := amqp.NewPublisher(ch, tracebridge.WithConfirms())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = ch.Close()
+	err = p.PublishWithContext(context.Background(), "", "anything", false, false, amqp091.Publishing{})
+	if !errors.Is(err, amqp.ErrDisconnected) {
+		t.Fatalf("publish on closed channel: %v, want ErrDisconnected", err)
+	}
+
+	// A dialed publisher comes back after its channel is killed by a
+	// channel error (publishing to a missing exchange closes the channel).
+	dp, err := amqp.DialPublisher(url, tracebridge.WithConfirms(), tracebridge.WithReconnectWait(10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Close()
+	err = dp.PublishWithContext(context.Background(), "tb.no-such-exchange", "k", false, false, amqp091.Publishing{})
+	if err == nil {
+		t.Fatal("publish to a missing exchange succeeded")
+	}
+	q := uniqueQueue(t, url, "redial")
+	_, ch2 := dial(t, url)
+	declare(t, ch2, q, nil)
+	if err := dp.PublishWithContext(context.Background(), "", q, false, false, amqp091.Publishing{Body: []byte("x")}); err != nil {
+		t.Fatalf("publish after the channel was replaced: %v", err)
+	}
+}
+
+func contains(s, sub string) bool {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		if s[i:i+len(sub)] == sub {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,201 @@
+package jobs_test
+
+import (
+	"context"
+	"errors"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tracebridge/tracebridge"
+	"github.com/tracebridge/tracebridge/internal/testenv"
+	"github.com/tracebridge/tracebridge/jobs"
+)
+
+// With jobs in flight and queued, Shutdown with a short deadline cancels
+// the running ones and returns every job that did not finish:
+// in flight + done + returned = enqueued. Goroutines go back to baseline.
+func TestShutdownDeadlineReturnsUnrun(t *testing.T) {
+	base := runtime.NumGoroutine()
+	tel := testenv.NewTelemetry(t)
+	const workers, fast1, fast2 = 4, 10, 50
+	r := jobs.New(jobs.Config{}, tracebridge.WithConcurrency(workers),
+		tracebridge.WithTracerProvider(tel.TracerProvider), tracebridge.WithMeterProvider(tel.MeterProvider))
+
+	var done, running atomic.Int64
+	var mu sync.Mutex
+	slowIDs := map[string]bool{}
+	_ = r.Register("fast", func(context.Context, *jobs.Job) error { done.Add(1); return nil })
+	_ = r.Register("slow", func(ctx context.Context, job *jobs.Job) error {
+		running.Add(1)
+		<-ctx.Done() // only Shutdown's deadline ends it
+		running.Add(-1)
+		return ctx.Err()
+	})
+
+	enqueued := 0
+	enqueue := func(kind string, n int) {
+		for range n {
+			id, err := r.Enqueue(context.Background(), kind, []byte(kind))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if kind == "slow" {
+				mu.Lock()
+				slowIDs[id] = true
+				mu.Unlock()
+			}
+			enqueued++
+		}
+	}
+	enqueue("fast", fast1)
+	eventually(t, "the first fast jobs to finish", func() bool { return done.Load() == fast1 })
+	enqueue("slow", workers) // occupies every worker
+	eventually(t, "every worker to be busy", func() bool { return running.Load() == workers })
+	enqueue("fast", fast2) // cannot run before the deadline
+
+	inFlight := running.Load()
+	if n, ok := sumInt(t, tel, "tracebridge.jobs.inflight"); !ok || n != inFlight {
+		t.Fatalf("tracebridge.jobs.inflight = %d (reported %v), want %d", n, ok, inFlight)
+	}
+	if n, ok := sumInt(t, tel, "tracebridge.jobs.queue.depth"); !ok || n != fast2 {
+		t.Fatalf("tracebridge.jobs.queue.depth = %d (reported %v), want %d", n, ok, fast2)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	unrun, err := r.Shutdown(ctx)
+	took := time.Since(start)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("shutdown past its deadline returned %v", err)
+	}
+	var interrupted, notStarted int
+	for _, u := range unrun {
+		if u.Interrupted {
+			interrupted++
+			if !slowIDs[u.ID] || u.Kind != "slow" || string(u.Payload) != "slow" {
+				t.Fatalf("interrupted job %s (%s) was not one of the running ones", u.ID, u.Kind)
+			}
+			continue
+		}
+		notStarted++
+		if u.Kind != "fast" || u.Attempt != 1 || u.Headers["traceparent"] == "" {
+			t.Fatalf("returned job %+v: want an unstarted fast job with its journey headers", u)
+		}
+	}
+	t.Logf("enqueued %d: done %d, in flight at the deadline %d (returned interrupted %d), returned unstarted %d; shutdown took %v",
+		enqueued, done.Load(), inFlight, interrupted, notStarted, took)
+	if int(inFlight)+int(done.Load())+notStarted != enqueued {
+		t.Fatalf("in flight %d + done %d + returned %d != enqueued %d", inFlight, done.Load(), notStarted, enqueued)
+	}
+	if interrupted != int(inFlight) || notStarted != fast2 {
+		t.Fatalf("returned %d interrupted and %d unstarted, want %d and %d", interrupted, notStarted, inFlight, fast2)
+	}
+	if _, err := r.Enqueue(context.Background(), "fast", nil); !errors.Is(err, jobs.ErrClosed) {
+		t.Fatalf("enqueue after shutdown: %v, want ErrClosed", err)
+	}
+	for _, s := range spansNamed(tel, "process jobs") {
+		if v, _ := attr(s, jobs.InterruptedKey); v.AsBool() {
+			interrupted--
+		}
+	}
+	if interrupted != 0 {
+		t.Fatal("interrupted attempts are not marked on their spans")
+	}
+	settleGoroutines(t, base)
+}
+
+// Without a deadline, Shutdown drains everything queued, retries included.
+func TestShutdownDrainsEverything(t *testing.T) {
+	base := runtime.NumGoroutine()
+	r := jobs.New(jobs.Config{}, tracebridge.WithConcurrency(2))
+	var done atomic.Int64
+	_ = r.Register("work", func(ctx context.Context, job *jobs.Job) error {
+		if job.Attempt == 1 && job.Payload[0]%2 == 0 {
+			return errors.New("retry me")
+		}
+		time.Sleep(time.Millisecond)
+		done.Add(1)
+		return nil
+	}, jobs.WithBackoff(5*time.Millisecond, 10*time.Millisecond))
+	const n = 100
+	for i := range n {
+		if _, err := r.Enqueue(context.Background(), "work", []byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	unrun, err := r.Shutdown(context.Background())
+	if err != nil || len(unrun) != 0 {
+		t.Fatalf("shutdown: %d unrun, %v", len(unrun), err)
+	}
+	if done.Load() != n {
+		t.Fatalf("%d of %d jobs done after a full drain", done.Load(), n)
+	}
+	if _, err := r.Shutdown(context.Background()); !errors.Is(err, jobs.ErrClosed) {
+		t.Fatalf("second shutdown: %v, want ErrClosed", err)
+	}
+	settleGoroutines(t, base)
+}
+
+// A full queue fails fast with FailFast, and otherwise blocks until ctx
+// ends or Shutdown begins.
+func TestQueueFull(t *testing.T) {
+	release := make(chan struct{})
+	started := make(chan struct{}, 10)
+	hold := func(context.Context, *jobs.Job) error {
+		started <- struct{}{}
+		<-release
+		return nil
+	}
+	fill := func(t *testing.T, r *jobs.Runner) {
+		_ = r.Register("hold", hold)
+		if _, err := r.Enqueue(context.Background(), "hold", nil); err != nil {
+			t.Fatal(err)
+		}
+		<-started // the only worker is busy now
+		for range 2 {
+			if _, err := r.Enqueue(context.Background(), "hold", nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	t.Run("fail fast", func(t *testing.T) {
+		r, _ := newRunner(t, jobs.Config{QueueSize: 2, FailFast: true}, tracebridge.WithConcurrency(1))
+		fill(t, r)
+		if _, err := r.Enqueue(context.Background(), "hold", nil); !errors.Is(err, jobs.ErrQueueFull) {
+			t.Fatalf("enqueue into a full queue: %v, want ErrQueueFull", err)
+		}
+		for range 3 {
+			release <- struct{}{}
+		}
+	})
+	t.Run("block", func(t *testing.T) {
+		r, _ := newRunner(t, jobs.Config{QueueSize: 2}, tracebridge.WithConcurrency(1))
+		fill(t, r)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+		defer cancel()
+		start := time.Now()
+		if _, err := r.Enqueue(ctx, "hold", nil); !errors.Is(err, context.DeadlineExceeded) || time.Since(start) < 30*time.Millisecond {
+			t.Fatalf("blocked enqueue: %v after %v, want DeadlineExceeded after 30ms", err, time.Since(start))
+		}
+		errc := make(chan error, 1)
+		go func() {
+			_, err := r.Enqueue(context.Background(), "hold", nil)
+			errc <- err
+		}()
+		time.Sleep(10 * time.Millisecond)
+		sctx, scancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+		defer scancel()
+		unrun, _ := r.Shutdown(sctx)
+		if err := <-errc; !errors.Is(err, jobs.ErrClosed) {
+			t.Fatalf("enqueue blocked across Shutdown: %v, want ErrClosed", err)
+		}
+		close(release)
+		if len(unrun) != 3 {
+			t.Fatalf("%d unrun, want the held job and the 2 queued", len(unrun))
+		}
+	})
+}

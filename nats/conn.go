@@ -84,9 +84,9 @@ func (c *Conn) PublishMsg(ctx context.Context, m *natsgo.Msg) error {
 // discard is the carrier for connections that cannot send headers.
 type discard struct{}
 
-func (discard) Get(string) string { return "" }
+func (discard) Get(string) string  { return "" }
 func (discard) Set(string, string) {}
-func (discard) Keys() []string    { return nil }
+func (discard) Keys() []string     { return nil }
 
 // headerCarrier returns where to inject m's journey: the message's own
 // headers, or nowhere when the server refuses headers (publishing them

@@ -1,0 +1,153 @@
+package nats_test
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	natsgo "github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/tracebridge/tracebridge"
+	"github.com/tracebridge/tracebridge/internal/testenv"
+	tnats "github.com/tracebridge/tracebridge/nats"
+)
+
+func TestRequestReplyIsOneTraceWithLinkBack(t *testing.T) {
+	url := testenv.NATS(t)
+	tel := testenv.NewTelemetry(t)
+	responder := tnats.Wrap(connect(t, url), telOpts(tel)...)
+	requester := tnats.Wrap(connect(t, url), telOpts(tel)...)
+	subj := unique(t, "rr")
+
+	sub, err := responder.Subscribe(subj, func(ctx context.Context, m *natsgo.Msg) {
+		if err := responder.Respond(ctx, m, append([]byte("re:"), m.Data...)); err != nil {
+			t.Errorf("respond: %v", err)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := responder.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	ctx, root := tel.TracerProvider.Tracer("test").Start(context.Background(), "caller")
+	reply, err := requester.Request(ctx, subj, []byte("ping"), 5*time.Second)
+	root.End()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(reply.Data) != "re:ping" {
+		t.Fatalf("reply %q", reply.Data)
+	}
+
+	eventually(t, 5*time.Second, "process span", func() bool { return len(spansNamed(tel, "process "+subj)) == 1 })
+	reqs := spansNamed(tel, "request "+subj)
+	if len(reqs) != 1 {
+		t.Fatalf("%d request spans", len(reqs))
+	}
+	req, proc := reqs[0], spansNamed(tel, "process "+subj)[0]
+	if req.SpanKind() != trace.SpanKindClient || req.Parent().SpanID() != root.SpanContext().SpanID() {
+		t.Fatalf("request span kind %v parent %v", req.SpanKind(), req.Parent().SpanID())
+	}
+	if proc.Parent().SpanID() != req.SpanContext().SpanID() || proc.SpanContext().TraceID() != root.SpanContext().TraceID() {
+		t.Fatal("responder's process span is not a child of the request span on the caller's trace")
+	}
+	if !hasLink(req, proc.SpanContext().SpanID(), "reply") {
+		t.Fatalf("request span does not link the responder's span: %v", req.Links())
+	}
+}
+
+func TestRequestTimeoutIsAnErrorOnTheSpan(t *testing.T) {
+	url := testenv.NATS(t)
+	tel := testenv.NewTelemetry(t)
+	c := tnats.Wrap(connect(t, url), telOpts(tel)...)
+	subj := unique(t, "nobody")
+	_, err := c.Request(context.Background(), subj, nil, 200*time.Millisecond)
+	if err == nil || !errors.Is(err, natsgo.ErrNoResponders) && !errors.Is(err, natsgo.ErrTimeout) {
+		t.Fatalf("err = %v", err)
+	}
+	s := spansNamed(tel, "request "+subj)
+	if len(s) != 1 || s[0].Status().Code != codes.Error {
+		t.Fatalf("want one request span with status Error, got %v", s)
+	}
+}
+
+func TestQueueGroupAndWildcardAttributes(t *testing.T) {
+	url := testenv.NATS(t)
+	tel := testenv.NewTelemetry(t)
+	c := tnats.Wrap(connect(t, url), telOpts(tel)...)
+	base := unique(t, "wild")
+	var got atomic.Int32
+	sub, err := c.QueueSubscribe(base+".*", "workers", func(ctx context.Context, m *natsgo.Msg) {
+		if !trace.SpanContextFromContext(ctx).IsValid() {
+			t.Error("handler context has no span")
+		}
+		got.Add(1)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Publish(context.Background(), base+".eu", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "delivery", func() bool { return len(spansNamed(tel, "process "+base+".*")) == 1 })
+	s := spansNamed(tel, "process "+base+".*")[0]
+	for k, want := range map[string]string{
+		"messaging.system":               "nats",
+		"messaging.consumer.group.name":  "workers",
+		"messaging.destination.template": base + ".*",
+		"messaging.destination.name":     base + ".eu",
+		"messaging.operation.type":       "process",
+		"server.address":                 "127.0.0.1",
+	} {
+		if v, _ := attr(s, attributeKey(k)); v.Emit() != want {
+			t.Errorf("%s = %q, want %q", k, v.Emit(), want)
+		}
+	}
+}
+
+func TestCoreHandlerPanicIsRecordedAndSubscriptionSurvives(t *testing.T) {
+	url := testenv.NATS(t)
+	tel := testenv.NewTelemetry(t)
+	c := tnats.Wrap(connect(t, url), telOpts(tel, tracebridge.WithLogger(discardLogger()))...)
+	subj := unique(t, "panic")
+	var n atomic.Int32
+	sub, err := c.Subscribe(subj, func(ctx context.Context, m *natsgo.Msg) {
+		if n.Add(1) == 1 {
+			panic("boom")
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	_ = c.Flush()
+	for range 2 {
+		if err := c.Publish(context.Background(), subj, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 5*time.Second, "both messages", func() bool { return len(spansNamed(tel, "process "+subj)) == 2 })
+	errs := 0
+	for _, s := range spansNamed(tel, "process "+subj) {
+		if s.Status().Code == codes.Error {
+			errs++
+			if v, _ := attr(s, "error.type"); v.AsString() != "panic" {
+				t.Fatalf("error.type %q", v.AsString())
+			}
+		}
+	}
+	if errs != 1 {
+		t.Fatalf("%d spans with status Error, want 1", errs)
+	}
+}

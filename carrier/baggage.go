@@ -4,6 +4,7 @@ import (
 	"slices"
 	"strings"
 	"unicode/utf8"
+	"unsafe"
 
 	"go.opentelemetry.io/otel/baggage"
 )
@@ -26,8 +27,28 @@ var sensitiveWords = []string{"password", "secret", "token", "authorization", "c
 // like secrets or personal data: any key containing password, secret, token,
 // authorization, cookie, email, ssn or card, in any case.
 func DenySensitive(key string) bool {
+	// Lower the key once into a stack buffer, so each word is one
+	// strings.Contains instead of a folding scan.
+	var buf [64]byte
+	if len(key) > len(buf) {
+		for _, w := range sensitiveWords {
+			if containsFold(key, w) {
+				return false
+			}
+		}
+		return true
+	}
+	lower := buf[:len(key)]
+	for i := 0; i < len(key); i++ {
+		c := key[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		lower[i] = c
+	}
+	s := unsafe.String(unsafe.SliceData(lower), len(lower))
 	for _, w := range sensitiveWords {
-		if containsFold(key, w) {
+		if strings.Contains(s, w) {
 			return false
 		}
 	}
@@ -124,7 +145,7 @@ func (l *bagList) index(key string) int {
 // keep decides, after parsing, whether a key is admitted (the trust policy);
 // invalid members, members over the limits and refused keys are dropped one
 // by one and reported to drop.
-func parseBaggageField(l *bagList, field string, keep func(string) bool, drop func(dropReason)) {
+func parseBaggageField(l *bagList, field string, keep func(string) bool, drop *dropSink) {
 	for field != "" {
 		var raw string
 		raw, field, _ = strings.Cut(field, ",")
@@ -134,11 +155,11 @@ func parseBaggageField(l *bagList, field string, keep func(string) bool, drop fu
 		}
 		m, ok := parseBaggageMember(raw)
 		if !ok {
-			drop(dropInvalidMember)
+			drop.add(dropInvalidMember)
 			continue
 		}
 		if keep != nil && !keep(m.key) {
-			drop(dropUntrusted)
+			drop.add(dropUntrusted)
 			continue
 		}
 		if i := l.index(m.key); i >= 0 {
@@ -153,11 +174,11 @@ func parseBaggageField(l *bagList, field string, keep func(string) bool, drop fu
 			extra++
 		}
 		if len(l.m) >= maxBaggageMembers {
-			drop(dropTooMany)
+			drop.add(dropTooMany)
 			continue
 		}
 		if l.bytes+extra > maxBaggageBytes {
-			drop(dropTooLarge)
+			drop.add(dropTooLarge)
 			continue
 		}
 		l.add(m)
@@ -223,13 +244,22 @@ func validToken(s string) bool {
 	return true
 }
 
-func isTchar(c byte) bool {
-	switch {
-	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		return true
+func isTchar(c byte) bool { return tchar[c] }
+
+// tchar is the RFC 7230 tchar set as a table: keys and session IDs are
+// checked byte by byte on every message.
+var tchar = func() (t [256]bool) {
+	for c := 'a'; c <= 'z'; c++ {
+		t[c], t[c-'a'+'A'] = true, true
 	}
-	return strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
-}
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for _, c := range []byte("!#$%&'*+-.^_`|~") {
+		t[c] = true
+	}
+	return t
+}()
 
 // isBaggageOctet reports whether c may stand unencoded in a baggage value:
 // %x21 / %x23-2B / %x2D-3A / %x3C-5B / %x5D-7E.

@@ -83,9 +83,3 @@ func (d *drops) add(f field, r dropReason) {
 			"header", fieldNames[f], "reason", dropReasonNames[r])
 	}
 }
-
-// recorder binds a field so parsers can report drops without knowing which
-// header they parse.
-func (d *drops) recorder(f field) func(dropReason) {
-	return func(r dropReason) { d.add(f, r) }
-}

@@ -51,13 +51,22 @@ func (k *kafkaHeaders) At(i int) (string, []byte) { return k.h[i].Key, k.h[i].Va
 // SetBytes replaces every entry named key, so a forwarded message never
 // carries two traceparent headers.
 func (k *kafkaHeaders) SetBytes(key string, value []byte) {
-	out := k.h[:0]
-	for _, h := range k.h {
+	i := 0
+	for i < len(k.h) && k.h[i].Key != key {
+		i++
+	}
+	if i == len(k.h) { // the common case: nothing to replace
+		k.h = append(k.h, header{Key: key, Value: value})
+		return
+	}
+	k.h[i].Value = value
+	out := k.h[:i+1]
+	for _, h := range k.h[i+1:] {
 		if h.Key != key {
 			out = append(out, h)
 		}
 	}
-	k.h = append(out, header{Key: key, Value: value})
+	k.h = out
 }
 
 func (k *kafkaHeaders) add(key, value string) { k.h = append(k.h, header{key, []byte(value)}) }

@@ -34,11 +34,12 @@ type ByteCarrier interface {
 // globally with otel.SetTextMapPropagator, and then otelhttp and otelgrpc
 // carry the session too. A Propagator is safe for concurrent use.
 type Propagator struct {
-	cfg    config
-	drops  *drops
-	rec    [numFields]func(dropReason)
-	fields []string
-	allow  map[string]struct{}
+	cfg      config
+	drops    *drops
+	fields   []string
+	allow    map[string]struct{}
+	tsCache  *parseCache[*tsEntry]
+	bagCache *parseCache[*bagEntry]
 }
 
 var _ propagation.TextMapPropagator = (*Propagator)(nil)
@@ -51,9 +52,8 @@ func NewPropagator(opts ...Option) *Propagator {
 		drops:  newDrops(c.mp, c.logger),
 		fields: []string{c.names.Traceparent, c.names.Tracestate, c.names.Baggage, c.names.SessionID},
 	}
-	for f := range numFields {
-		p.rec[f] = p.drops.recorder(f)
-	}
+	p.tsCache = newParseCache[*tsEntry]()
+	p.bagCache = newParseCache[*bagEntry]()
 	if c.trust == Untrusted {
 		p.allow = make(map[string]struct{}, len(c.allowBaggage)+1)
 		for _, k := range c.allowBaggage {
@@ -228,8 +228,23 @@ func (p *Propagator) appendBaggage(dst []byte, members []baggage.Member, sess st
 		dst = appendBaggageValue(dst, sess)
 		count++
 	}
-	slices.SortFunc(members, func(a, b baggage.Member) int { return strings.Compare(a.Key(), b.Key()) })
-	for _, m := range members {
+	// Sort indices, not the members: a Member is large and there are few.
+	var idxBuf [16]int
+	order := idxBuf[:0]
+	for i := range members {
+		order = append(order, i)
+	}
+	if len(order) <= len(idxBuf) {
+		for i := 1; i < len(order); i++ {
+			for j := i; j > 0 && members[order[j]].Key() < members[order[j-1]].Key(); j-- {
+				order[j], order[j-1] = order[j-1], order[j]
+			}
+		}
+	} else {
+		slices.SortFunc(order, func(a, b int) int { return strings.Compare(members[a].Key(), members[b].Key()) })
+	}
+	for _, i := range order {
+		m := &members[i]
 		if m.Key() == BaggageSessionKey {
 			continue
 		}
@@ -266,8 +281,10 @@ func (p *Propagator) appendBaggage(dst []byte, members []baggage.Member, sess st
 	return dst
 }
 
-// incoming is what Extract read from a carrier, as strings that share one
-// allocation where the carrier held bytes.
+// incoming is what Extract read from a carrier. For a ByteCarrier the
+// strings are views of the carrier's bytes (borrowed): Extract may read them,
+// and looks them up in its caches without copying, but must clone whatever it
+// keeps, because the caller may reuse the message's memory afterwards.
 type incoming struct {
 	traceparent      string
 	traceparentBytes []byte
@@ -275,12 +292,21 @@ type incoming struct {
 	tracestate       []string
 	baggage          []string
 	session          string
-	tsBuf, bagBuf    [2]string
+	borrowed         bool
+	tsBuf, bagBuf    [8]string
 }
 
 func (in *incoming) init() {
 	in.tracestate = in.tsBuf[:0]
 	in.baggage = in.bagBuf[:0]
+}
+
+// own returns s in memory that Extract may keep.
+func (in *incoming) own(s string) string {
+	if in.borrowed {
+		return strings.Clone(s)
+	}
+	return s
 }
 
 func (p *Propagator) read(c propagation.TextMapCarrier, in *incoming) {
@@ -314,14 +340,17 @@ func (p *Propagator) read(c propagation.TextMapCarrier, in *incoming) {
 	}
 }
 
-// readBytes scans a byte carrier once and copies the values that must
-// outlive it into a single string.
+// maxFields caps how many tracestate or baggage fields of one message are
+// read from a ByteCarrier; a message with more is malformed or hostile, and
+// the limits on members would drop the rest anyway.
+const maxFields = 16
+
+// readBytes scans a byte carrier once, without copying anything.
 func (p *Propagator) readBytes(c ByteCarrier, in *incoming) {
 	names := &p.cfg.names
-	const maxIdx = 8
-	var ts, bag [maxIdx]int
-	nts, nbag, sess := 0, 0, -1
-	total := 0
+	in.borrowed = true
+	view := func(v []byte) string { return unsafe.String(unsafe.SliceData(v), len(v)) }
+	sessionSeen := false
 	for i := range c.Len() {
 		k, v := c.At(i)
 		switch k {
@@ -331,42 +360,19 @@ func (p *Propagator) readBytes(c ByteCarrier, in *incoming) {
 			}
 			in.traceparents++
 		case names.Tracestate:
-			if nts < maxIdx {
-				ts[nts] = i
-				nts++
-				total += len(v)
+			if len(in.tracestate) < maxFields {
+				in.tracestate = append(in.tracestate, view(v))
 			}
 		case names.Baggage:
-			if nbag < maxIdx {
-				bag[nbag] = i
-				nbag++
-				total += len(v)
+			if len(in.baggage) < maxFields {
+				in.baggage = append(in.baggage, view(v))
 			}
 		case names.SessionID:
-			if sess < 0 {
-				sess = i
-				total += len(v)
+			if !sessionSeen {
+				in.session = view(v)
+				sessionSeen = true
 			}
 		}
-	}
-	if total == 0 {
-		return
-	}
-	buf := make([]byte, 0, total)
-	str := func(i int) string {
-		_, v := c.At(i)
-		start := len(buf)
-		buf = append(buf, v...)
-		return unsafe.String(unsafe.SliceData(buf[start:]), len(v))
-	}
-	for _, i := range ts[:nts] {
-		in.tracestate = append(in.tracestate, str(i))
-	}
-	for _, i := range bag[:nbag] {
-		in.baggage = append(in.baggage, str(i))
-	}
-	if sess >= 0 {
-		in.session = str(sess)
 	}
 }
 
@@ -410,24 +416,14 @@ func (p *Propagator) extract(ctx context.Context, in *incoming) context.Context 
 		}
 	}
 	if valid {
-		var l tsList
-		for _, f := range in.tracestate {
-			parseTracestateField(&l, f, p.rec[fieldTracestate])
-		}
-		l.truncate(p.rec[fieldTracestate])
-		if len(l.m) > 0 {
-			joined := ""
-			if len(in.tracestate) == 1 && len(l.m) > 0 && l.encodedLen() == len(in.tracestate[0]) {
-				joined = in.tracestate[0] // already normal: no copy
-			} else {
-				joined = string(l.appendTo(make([]byte, 0, l.encodedLen())))
+		if len(in.tracestate) > 0 {
+			e := p.traceState(in)
+			if e.ts.Len() > 0 {
+				sc = sc.WithTraceState(e.ts)
 			}
-			ts, extra, kept := l.toTraceState(joined)
-			sc = sc.WithTraceState(ts)
-			if extra != "" {
+			if e.extra != "" {
 				ctx = context.WithValue(ctx, levelTwoKey{}, &levelTwoState{
-					traceID: sc.TraceID(), members: extra, count: strings.Count(extra, ",") + 1,
-					kept: kept, full: joined})
+					traceID: sc.TraceID(), members: e.extra, count: e.count, kept: e.kept, full: e.full})
 			}
 		}
 		if p.cfg.trust == Trusted {
@@ -441,50 +437,141 @@ func (p *Propagator) extract(ctx context.Context, in *incoming) context.Context 
 	return p.extractBaggage(ctx, in)
 }
 
+// traceState decodes the tracestate fields of in. A single field, the usual
+// case, is looked up in the cache first.
+func (p *Propagator) traceState(in *incoming) *tsEntry {
+	single := len(in.tracestate) == 1 && len(in.tracestate[0]) <= maxCachedLen
+	if single {
+		if e, ok := p.tsCache.get(in.tracestate[0]); ok {
+			p.drops.replay(fieldTracestate, e.drops)
+			return e
+		}
+	}
+	sink := dropSink{d: p.drops, f: fieldTracestate, record: single}
+	var l tsList
+	for i, f := range in.tracestate {
+		in.tracestate[i] = in.own(f)
+		parseTracestateField(&l, in.tracestate[i], &sink)
+	}
+	l.truncate(&sink)
+	e := &tsEntry{}
+	if len(l.m) > 0 {
+		joined := ""
+		if len(in.tracestate) == 1 && l.encodedLen() == len(in.tracestate[0]) {
+			joined = in.tracestate[0] // already normal: no copy
+		} else {
+			joined = string(l.appendTo(make([]byte, 0, l.encodedLen())))
+		}
+		e.ts, e.extra, e.kept = l.toTraceState(joined)
+		e.full = joined
+		if e.extra != "" {
+			e.count = strings.Count(e.extra, ",") + 1
+		}
+	}
+	if single {
+		e.drops = sink.rs
+		p.tsCache.put(in.tracestate[0], e)
+	}
+	return e
+}
+
+// baggageMembers decodes the baggage fields of in, from the cache when a
+// single field was seen before. The entry must not be modified.
+func (p *Propagator) baggageMembers(in *incoming) *bagEntry {
+	single := len(in.baggage) == 1 && len(in.baggage[0]) <= maxCachedLen
+	if single {
+		if e, ok := p.bagCache.get(in.baggage[0]); ok {
+			p.drops.replay(fieldBaggage, e.drops)
+			return e
+		}
+	}
+	var keep func(string) bool
+	if p.allow != nil {
+		keep = p.allowed
+	}
+	sink := dropSink{d: p.drops, f: fieldBaggage, record: single}
+	var l bagList
+	for i, f := range in.baggage {
+		in.baggage[i] = in.own(f)
+		parseBaggageField(&l, in.baggage[i], keep, &sink)
+	}
+	e := &bagEntry{members: slices.Clone(l.m), bytes: l.bytes}
+	if single {
+		// Built once here, shared by every message with these bytes.
+		e.bag = l.toBaggage()
+		e.drops = sink.rs
+		p.bagCache.put(in.baggage[0], e)
+	}
+	return e
+}
+
 func (p *Propagator) sessionOK(id string) bool {
 	return validSession(id) && (p.cfg.trust == Trusted || p.cfg.sessionFormat(id))
 }
 
 func (p *Propagator) extractBaggage(ctx context.Context, in *incoming) context.Context {
-	sess := ""
+	headerOK := false
 	if in.session != "" {
 		if p.sessionOK(in.session) {
-			sess = in.session
+			headerOK = true
 		} else if !validSession(in.session) {
 			p.drops.add(fieldSession, dropInvalid)
 		} else {
 			p.drops.add(fieldSession, dropUntrusted)
 		}
 	}
-	var l bagList
-	var keep func(string) bool
-	if p.allow != nil {
-		keep = p.allowed
-	}
-	for _, f := range in.baggage {
-		parseBaggageField(&l, f, keep, p.rec[fieldBaggage])
-	}
-	if len(l.m) == 0 && in.session == "" && len(in.baggage) == 0 {
+	if len(in.baggage) == 0 && in.session == "" {
 		return ctx
+	}
+	e := &bagEntry{}
+	if len(in.baggage) > 0 {
+		e = p.baggageMembers(in)
 	}
 	// The session.id member and the session header must agree; the header
 	// wins, and the member is the fallback when the header is missing.
-	if i := l.index(BaggageSessionKey); i >= 0 {
-		switch v := l.m[i].value; {
-		case sess == "" && in.session == "" && p.sessionOK(v):
-			sess = v
-		case sess == v:
-		default:
-			if sess == "" {
-				p.drops.add(fieldSession, dropInvalid)
-			}
-			l.m = slices.Delete(l.m, i, i+1)
+	sess := ""
+	changed := false
+	member := -1
+	for i := range e.members {
+		if e.members[i].key == BaggageSessionKey {
+			member = i
+			break
 		}
 	}
-	if sess != "" && l.index(BaggageSessionKey) < 0 {
-		l.add(bagMember{key: BaggageSessionKey, value: sess, size: len(BaggageSessionKey) + 1 + baggageValueLen(sess)})
+	switch {
+	case member >= 0 && headerOK && e.members[member].value == in.session:
+		sess = e.members[member].value // owned, unlike a borrowed header
+	case member >= 0 && !headerOK && in.session == "" && p.sessionOK(e.members[member].value):
+		sess = e.members[member].value
+	case member >= 0:
+		if !headerOK {
+			p.drops.add(fieldSession, dropInvalid)
+		}
+		changed = true
+		if headerOK {
+			sess = in.own(in.session)
+		}
+	case headerOK:
+		changed = true
+		sess = in.own(in.session)
 	}
-	ctx = baggage.ContextWithBaggage(ctx, l.toBaggage())
+	bag := e.bag
+	if changed || e.bag.Len() == 0 && len(e.members) > 0 {
+		var l bagList
+		for i, m := range e.members {
+			if i != member {
+				l.add(m)
+			}
+		}
+		if sess != "" {
+			l.add(bagMember{key: BaggageSessionKey, value: sess, size: len(BaggageSessionKey) + 1 + baggageValueLen(sess)})
+		}
+		bag = l.toBaggage()
+	}
+	if bag.Len() == 0 && sess == "" {
+		return ctx
+	}
+	ctx = baggage.ContextWithBaggage(ctx, bag)
 	// A session set explicitly further up would shadow the message's own.
 	// A message without a session leaves it alone, as it does when it
 	// carries no headers at all.

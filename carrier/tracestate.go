@@ -45,7 +45,7 @@ func (l *tsList) has(key string) bool {
 // first occurrence of a key is the most recent position and wins); drop is
 // told why. Multiple header fields are combined by calling this once per
 // field, which is what RFC 7230 field combination with "," amounts to.
-func parseTracestateField(l *tsList, field string, drop func(dropReason)) {
+func parseTracestateField(l *tsList, field string, drop *dropSink) {
 	for field != "" {
 		var m string
 		m, field, _ = strings.Cut(field, ",")
@@ -55,11 +55,11 @@ func parseTracestateField(l *tsList, field string, drop func(dropReason)) {
 		}
 		key, value, ok := strings.Cut(m, "=")
 		if !ok || !validTracestateKey(key) || !validTracestateValue(value) {
-			drop(dropInvalidMember)
+			drop.add(dropInvalidMember)
 			continue
 		}
 		if l.has(key) {
-			drop(dropDuplicate)
+			drop.add(dropDuplicate)
 			continue
 		}
 		l.add(tsMember{key, value})
@@ -68,7 +68,7 @@ func parseTracestateField(l *tsList, field string, drop func(dropReason)) {
 
 // truncate cuts l to the member limit: entries longer than 128 characters go
 // first, then entries from the end, as Trace Context prescribes.
-func (l *tsList) truncate(drop func(dropReason)) {
+func (l *tsList) truncate(drop *dropSink) {
 	for len(l.m) > maxTracestateMembers {
 		victim := len(l.m) - 1
 		for i := len(l.m) - 1; i >= 0; i-- {
@@ -78,7 +78,7 @@ func (l *tsList) truncate(drop func(dropReason)) {
 			}
 		}
 		l.m = append(l.m[:victim], l.m[victim+1:]...)
-		drop(dropTooMany)
+		drop.add(dropTooMany)
 	}
 }
 

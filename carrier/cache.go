@@ -1,0 +1,119 @@
+package carrier
+
+import (
+	"hash/maphash"
+	"sync"
+
+	"go.opentelemetry.io/otel/baggage"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// The messages of one journey carry the same tracestate and baggage bytes
+// over and over, and decoding them into OpenTelemetry's types is most of
+// what Extract costs. A Propagator therefore keeps a small cache of decoded
+// header values, keyed by the exact bytes of the header. It is per
+// Propagator, so a result is never reused under another trust policy or
+// allow-list, and bounded in entries and in the length of a cached value,
+// so hostile input cannot grow it.
+const (
+	cacheShards   = 16   // spreads lock contention across goroutines
+	cachePerShard = 16   // entries per shard: 256 per cache
+	maxCachedLen  = 2048 // longer header values are decoded every time
+)
+
+// parseCache maps a header value to its decoded form. Values are immutable
+// once stored, so they are shared between the contexts of many messages.
+type parseCache[V any] struct {
+	seed   maphash.Seed
+	shards [cacheShards]cacheShard[V]
+}
+
+type cacheShard[V any] struct {
+	mu sync.RWMutex
+	m  map[string]V
+}
+
+func newParseCache[V any]() *parseCache[V] {
+	return &parseCache[V]{seed: maphash.MakeSeed()}
+}
+
+func (c *parseCache[V]) shard(key string) *cacheShard[V] {
+	return &c.shards[maphash.String(c.seed, key)%cacheShards]
+}
+
+// get looks key up. key may be a view of a carrier's bytes: it is only
+// compared, never kept.
+func (c *parseCache[V]) get(key string) (v V, ok bool) {
+	if len(key) > maxCachedLen {
+		return v, false
+	}
+	s := c.shard(key)
+	s.mu.RLock()
+	v, ok = s.m[key]
+	s.mu.RUnlock()
+	return v, ok
+}
+
+// put stores v under key, which the caller must own. A full shard forgets
+// one entry first; Go's random map iteration order makes that a random
+// eviction, which needs no bookkeeping on the read path.
+func (c *parseCache[V]) put(key string, v V) {
+	if len(key) > maxCachedLen {
+		return
+	}
+	s := c.shard(key)
+	s.mu.Lock()
+	if s.m == nil {
+		s.m = make(map[string]V, cachePerShard)
+	}
+	if _, ok := s.m[key]; !ok && len(s.m) >= cachePerShard {
+		for k := range s.m {
+			delete(s.m, k)
+			break
+		}
+	}
+	s.m[key] = v
+	s.mu.Unlock()
+}
+
+// tsEntry is a decoded tracestate: the TraceState OpenTelemetry can hold,
+// the Level 2 members it cannot (see levelTwoState), and the drops that
+// decoding it caused, which are counted again on every use.
+type tsEntry struct {
+	ts          trace.TraceState
+	extra, kept string
+	full        string
+	count       int
+	drops       []dropReason
+}
+
+// bagEntry is a decoded baggage header: its members, the Baggage built from
+// them unchanged, and the drops that decoding it caused.
+type bagEntry struct {
+	members []bagMember
+	bytes   int
+	bag     baggage.Baggage
+	drops   []dropReason
+}
+
+// dropSink reports drops to the counter and, while a header value is decoded
+// for the cache, remembers them so that a cache hit counts them again.
+type dropSink struct {
+	d      *drops
+	f      field
+	record bool
+	rs     []dropReason
+}
+
+func (s *dropSink) add(r dropReason) {
+	s.d.add(s.f, r)
+	if s.record {
+		s.rs = append(s.rs, r)
+	}
+}
+
+func (d *drops) replay(f field, rs []dropReason) {
+	for _, r := range rs {
+		d.add(f, r)
+	}
+}

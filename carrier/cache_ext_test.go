@@ -1,0 +1,87 @@
+package carrier_test
+
+import (
+	"context"
+	"testing"
+
+	"go.opentelemetry.io/otel/baggage"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/tracebridge/tracebridge/carrier"
+)
+
+// TestCacheHitCountsDropsAgain: a decoded header served from the cache
+// reports the same drops as decoding it, every time.
+func TestCacheHitCountsDropsAgain(t *testing.T) {
+	p, d := newProp(t)
+	for _, c := range []propagation.TextMapCarrier{
+		propagation.MapCarrier{"traceparent": validTP, "tracestate": "a=1,B=2,a=3", "baggage": "k=v,bad key=1"},
+		&kafkaHeaders{h: []header{{"traceparent", []byte(validTP)}, {"tracestate", []byte("a=1,B=2,a=3")}, {"baggage", []byte("k=v,bad key=1")}}},
+	} {
+		for range 3 {
+			ctx := p.Extract(context.Background(), c)
+			if got := trace.SpanContextFromContext(ctx).TraceState().String(); got != "a=1" {
+				t.Fatalf("tracestate %q", got)
+			}
+			if got := bagString(baggage.FromContext(ctx)); got != "k=v" {
+				t.Fatalf("baggage %q", got)
+			}
+		}
+	}
+	want := map[string]int64{"tracestate/invalid_member": 6, "tracestate/duplicate": 6, "baggage/invalid_member": 6}
+	if got := d.counts(t); !equalCounts(got, want) {
+		t.Fatalf("drops %v, want %v", got, want)
+	}
+}
+
+// TestCacheNotSharedAcrossTrust: propagators with different trust policies
+// decode the same bytes differently.
+func TestCacheNotSharedAcrossTrust(t *testing.T) {
+	c := propagation.MapCarrier{"baggage": "tenant=t1,debug=1"}
+	trusted, _ := newProp(t)
+	untrusted, _ := newProp(t, carrier.WithTrust(carrier.Untrusted), carrier.WithUntrustedBaggage("tenant"))
+	for range 2 {
+		if got := bagString(baggage.FromContext(trusted.Extract(context.Background(), c))); got != "debug=1|tenant=t1" {
+			t.Fatalf("trusted baggage %q", got)
+		}
+		if got := bagString(baggage.FromContext(untrusted.Extract(context.Background(), c))); got != "tenant=t1" {
+			t.Fatalf("untrusted baggage %q", got)
+		}
+	}
+}
+
+// TestCacheDoesNotAliasCarrierBytes: a Kafka client may reuse a message's
+// memory. Rewriting the bytes in place after Extract must neither change
+// the extracted context nor poison the cache for later messages.
+func TestCacheDoesNotAliasCarrierBytes(t *testing.T) {
+	p, _ := newProp(t)
+	mk := func(ts, bag, sess string) *kafkaHeaders {
+		return &kafkaHeaders{h: []header{{"traceparent", []byte(validTP)}, {"tracestate", []byte(ts)}, {"baggage", []byte(bag)}, {"session-id", []byte(sess)}}}
+	}
+	msg := mk("a=1", "k=aaaa", "sess-A")
+	ctxA := p.Extract(context.Background(), msg)
+	copy(msg.h[1].Value, "b=2")
+	copy(msg.h[2].Value, "k=bbbb")
+	copy(msg.h[3].Value, "sess-B")
+	ctxB := p.Extract(context.Background(), msg)
+	ctxA2 := p.Extract(context.Background(), mk("a=1", "k=aaaa", "sess-A"))
+	for name, tc := range map[string]struct {
+		ctx           context.Context
+		ts, bag, sess string
+	}{
+		"first":  {ctxA, "a=1", "k=aaaa|session.id=sess-A", "sess-A"},
+		"reused": {ctxB, "b=2", "k=bbbb|session.id=sess-B", "sess-B"},
+		"again":  {ctxA2, "a=1", "k=aaaa|session.id=sess-A", "sess-A"},
+	} {
+		if got := trace.SpanContextFromContext(tc.ctx).TraceState().String(); got != tc.ts {
+			t.Errorf("%s: tracestate %q, want %q", name, got, tc.ts)
+		}
+		if got := bagString(baggage.FromContext(tc.ctx)); got != tc.bag {
+			t.Errorf("%s: baggage %q, want %q", name, got, tc.bag)
+		}
+		if got := carrier.SessionFromContext(tc.ctx); got != tc.sess {
+			t.Errorf("%s: session %q, want %q", name, got, tc.sess)
+		}
+	}
+}

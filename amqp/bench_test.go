@@ -1,0 +1,172 @@
+package amqp_test
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+
+	"github.com/tracebridge/tracebridge"
+	"github.com/tracebridge/tracebridge/amqp"
+	"github.com/tracebridge/tracebridge/carrier"
+	"github.com/tracebridge/tracebridge/internal/testenv"
+)
+
+// Sampled spans go to an SDK with no exporter, so the numbers measure
+// tracebridge and the SDK, not an exporter's network.
+func benchProviders(b *testing.B) map[string]*sdktrace.TracerProvider {
+	b.Helper()
+	tps := map[string]*sdktrace.TracerProvider{
+		"unsampled": sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.NeverSample())),
+		"sampled":   sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample())),
+	}
+	b.Cleanup(func() {
+		for _, tp := range tps {
+			_ = tp.Shutdown(context.Background())
+		}
+	})
+	return tps
+}
+
+func reportRate(b *testing.B) {
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+}
+
+func BenchmarkPublish(b *testing.B) {
+	url := testenv.AMQP(b)
+	tps := benchProviders(b)
+	ctx := carrier.ContextWithSession(context.Background(), "bench-session")
+	msg := amqp091.Publishing{Body: make([]byte, 256), Headers: amqp091.Table{"app": "bench"}}
+	for _, confirms := range []bool{false, true} {
+		mode := "noconfirm"
+		if confirms {
+			mode = "confirm"
+		}
+		b.Run(mode+"/raw", func(b *testing.B) {
+			q := uniqueQueue(b, url, "bench")
+			_, ch := dial(b, url)
+			declare(b, ch, q, amqp091.Table{"x-max-length": int32(1000)})
+			if confirms {
+				if err := ch.Confirm(false); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				if confirms {
+					dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", q, false, false, msg)
+					if err != nil || !dc.Wait() {
+						b.Fatalf("publish: %v", err)
+					}
+				} else if err := ch.PublishWithContext(ctx, "", q, false, false, msg); err != nil {
+					b.Fatal(err)
+				}
+			}
+			reportRate(b)
+		})
+		for _, name := range []string{"unsampled", "sampled"} {
+			b.Run(mode+"/wrapped-"+name, func(b *testing.B) {
+				q := uniqueQueue(b, url, "bench")
+				_, ch := dial(b, url)
+				declare(b, ch, q, amqp091.Table{"x-max-length": int32(1000)})
+				opts := []tracebridge.Option{tracebridge.WithTracerProvider(tps[name])}
+				if confirms {
+					opts = append(opts, tracebridge.WithConfirms())
+				}
+				p, err := amqp.NewPublisher(ch, opts...)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.ReportAllocs()
+				for b.Loop() {
+					if err := p.PublishWithContext(ctx, "", q, false, false, msg); err != nil {
+						b.Fatal(err)
+					}
+				}
+				reportRate(b)
+			})
+		}
+	}
+}
+
+// fill puts n messages with a creation context on q, outside the timer.
+func fill(b *testing.B, url, q string, n int) {
+	b.Helper()
+	_, ch := dial(b, url)
+	declare(b, ch, q, nil)
+	p, err := amqp.NewPublisher(ch, tracebridge.WithConfirms(),
+		tracebridge.WithTracerProvider(sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()))))
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := carrier.ContextWithSession(context.Background(), "bench-session")
+	confs := make([]*amqp.Confirmation, 0, n)
+	for range n {
+		c, err := p.PublishWithDeferredConfirm(ctx, "", q, false, false, amqp091.Publishing{Body: make([]byte, 256)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		confs = append(confs, c)
+	}
+	for _, c := range confs {
+		if err := c.Wait(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkConsume(b *testing.B) {
+	url := testenv.AMQP(b)
+	tps := benchProviders(b)
+	b.Run("raw", func(b *testing.B) {
+		q := uniqueQueue(b, url, "benchc")
+		fill(b, url, q, b.N)
+		_, ch := dial(b, url)
+		if err := ch.Qos(2, 0, false); err != nil {
+			b.Fatal(err)
+		}
+		b.ReportAllocs()
+		b.ResetTimer()
+		ds, err := ch.Consume(q, "", false, false, false, false, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for range b.N {
+			d := <-ds
+			if err := d.Ack(false); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.StopTimer()
+		reportRate(b)
+	})
+	for _, name := range []string{"unsampled", "sampled"} {
+		b.Run("wrapped-"+name, func(b *testing.B) {
+			q := uniqueQueue(b, url, "benchc")
+			fill(b, url, q, b.N)
+			var n atomic.Int64
+			done := make(chan struct{})
+			target := int64(b.N)
+			c := amqp.NewConsumer(url, q, nil, func(ctx context.Context, d amqp091.Delivery) error {
+				if n.Add(1) == target {
+					close(done)
+				}
+				return nil
+			}, tracebridge.WithTracerProvider(tps[name]))
+			b.ReportAllocs()
+			b.ResetTimer()
+			stop := runConsumer(b, c.Run)
+			select {
+			case <-done:
+			case <-time.After(5 * time.Minute):
+				b.Fatal("consumer too slow")
+			}
+			b.StopTimer()
+			reportRate(b)
+			_ = stop()
+		})
+	}
+}

@@ -19,7 +19,8 @@ type MemoryQueue struct {
 	ready   []*Envelope // FIFO; head is ready[0]
 	delayed delayHeap
 	closed  bool
-	changed chan struct{} // closed and replaced on every change, to wake waiters
+	changed chan struct{} // closed and replaced on a change while anyone waits
+	waiting int           // callers parked on changed
 }
 
 // NewMemoryQueue returns an in-memory queue holding up to size jobs (new
@@ -38,10 +39,32 @@ func (q *MemoryQueue) System() string { return "tracebridge.jobs" }
 // Name is the destination given to NewMemoryQueue.
 func (q *MemoryQueue) Name() string { return q.name }
 
-// broadcast wakes every waiter; the caller holds q.mu.
+// broadcast wakes every waiter; the caller holds q.mu. Without waiters it
+// costs nothing, which is the common case under load.
 func (q *MemoryQueue) broadcast() {
+	if q.waiting == 0 {
+		return
+	}
 	close(q.changed)
 	q.changed = make(chan struct{})
+}
+
+// wait parks until the next broadcast, ctx's end, or due; it is called
+// with q.mu held and returns with it held.
+func (q *MemoryQueue) wait(ctx context.Context, due <-chan time.Time) error {
+	ch := q.changed
+	q.waiting++
+	q.mu.Unlock()
+	var err error
+	select {
+	case <-ch:
+	case <-due:
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	q.mu.Lock()
+	q.waiting--
+	return err
 }
 
 func (q *MemoryQueue) lenLocked() int { return len(q.ready) + len(q.delayed) }
@@ -61,14 +84,10 @@ func (q *MemoryQueue) Push(ctx context.Context, e *Envelope, block bool) error {
 			q.mu.Unlock()
 			return fmt.Errorf("jobs: push job %s to %q (%d jobs): %w", e.ID, q.name, q.size, ErrQueueFull)
 		}
-		ch := q.changed
-		q.mu.Unlock()
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return fmt.Errorf("jobs: push job %s: waiting for room in %q: %w", e.ID, q.name, ctx.Err())
+		if err := q.wait(ctx, nil); err != nil {
+			q.mu.Unlock()
+			return fmt.Errorf("jobs: push job %s: waiting for room in %q: %w", e.ID, q.name, err)
 		}
-		q.mu.Lock()
 	}
 	q.addLocked(e)
 	q.mu.Unlock()
@@ -119,13 +138,10 @@ func (q *MemoryQueue) Pop(ctx context.Context) (*Envelope, error) {
 			}
 			due = timer.C
 		}
-		ch := q.changed
+		err := q.wait(ctx, due)
 		q.mu.Unlock()
-		select {
-		case <-ch:
-		case <-due:
-		case <-ctx.Done():
-			return nil, ctx.Err()
+		if err != nil {
+			return nil, err
 		}
 	}
 }

@@ -224,12 +224,17 @@ func (r *Runner) enqueue(ctx context.Context, e *Envelope, set settings) (string
 	r.pushing.Add(1)
 	r.mu.Unlock()
 
-	// A blocked push must end when Shutdown begins, not only with ctx.
-	pctx, cancel := context.WithCancel(ctx)
-	stop := context.AfterFunc(r.intake, cancel)
-	err := r.q.Push(pctx, e, !r.cfg.FailFast)
-	stop()
-	cancel()
+	// Try without waiting first: the common case then needs no context
+	// plumbing. A push that waits must end when Shutdown begins, not only
+	// with ctx.
+	err := r.q.Push(ctx, e, false)
+	if errors.Is(err, ErrQueueFull) && !r.cfg.FailFast {
+		pctx, cancel := context.WithCancel(ctx)
+		stop := context.AfterFunc(r.intake, cancel)
+		err = r.q.Push(pctx, e, true)
+		stop()
+		cancel()
+	}
 	if err != nil && r.intake.Err() != nil && !errors.Is(err, ErrQueueFull) {
 		err = fmt.Errorf("jobs: enqueue %q: %w (%w)", e.Kind, ErrClosed, err)
 	} else if err != nil {

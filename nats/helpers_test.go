@@ -42,14 +42,19 @@ func unique(t testing.TB, prefix string) string {
 	return fmt.Sprintf("%s_%s_%08x", prefix, name, rand.Uint32())
 }
 
-// stream creates a file-less stream on subjects that is deleted after t.
+// stream creates a memory stream that is deleted after t.
 func stream(t testing.TB, js jetstream.JetStream, cfg jetstream.StreamConfig) jetstream.Stream {
+	t.Helper()
+	cfg.Storage = jetstream.MemoryStorage
+	return fileStream(t, js, cfg)
+}
+
+// fileStream creates a stream with cfg's storage (file by default), deleted
+// after t.
+func fileStream(t testing.TB, js jetstream.JetStream, cfg jetstream.StreamConfig) jetstream.Stream {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if cfg.Storage == 0 {
-		cfg.Storage = jetstream.MemoryStorage
-	}
 	s, err := js.CreateStream(ctx, cfg)
 	if err != nil {
 		t.Fatalf("create stream %s: %v", cfg.Name, err)

@@ -20,12 +20,20 @@ import (
 	"github.com/tracebridge/tracebridge/internal/msgtrace"
 )
 
-// Attribute keys the runner adds to its spans.
+// Attribute keys the runner adds to its spans, for queries and tail
+// sampling rules that select jobs.
 const (
-	KindKey        = attribute.Key("tracebridge.job.kind")
-	DuplicateKey   = attribute.Key("tracebridge.job.duplicate") // "dropped" or "merged"
+	// KindKey is the job's kind, on its send and process spans. The kind
+	// is not in the span name, which names the queue as for any message.
+	KindKey = attribute.Key("tracebridge.job.kind")
+	// DuplicateKey marks the send span of a job that matched a pending
+	// unique job: "dropped" or "merged".
+	DuplicateKey = attribute.Key("tracebridge.job.duplicate")
+	// InterruptedKey marks an attempt that Shutdown's deadline cancelled;
+	// the job is in Shutdown's report.
 	InterruptedKey = attribute.Key("tracebridge.job.interrupted")
-	TaskKey        = attribute.Key("tracebridge.task.name")
+	// TaskKey is the name given to Go, on the task's span.
+	TaskKey = attribute.Key("tracebridge.task.name")
 )
 
 const (

@@ -114,17 +114,15 @@ type bagMember struct {
 	size       int // encoded size on the wire
 }
 
-// bagList collects parsed members without allocating for typical sizes.
+// bagList collects parsed members. The caller gives m a stack array to
+// start from (a self-referencing buffer inside bagList would force it to the
+// heap).
 type bagList struct {
-	buf   [8]bagMember
 	m     []bagMember
 	bytes int
 }
 
 func (l *bagList) add(m bagMember) {
-	if l.m == nil {
-		l.m = l.buf[:0]
-	}
 	if len(l.m) > 0 {
 		l.bytes++ // comma
 	}
@@ -145,7 +143,7 @@ func (l *bagList) index(key string) int {
 // keep decides, after parsing, whether a key is admitted (the trust policy);
 // invalid members, members over the limits and refused keys are dropped one
 // by one and reported to drop.
-func parseBaggageField(l *bagList, field string, keep func(string) bool, drop *dropSink) {
+func parseBaggageField(l bagList, field string, keep func(string) bool, drop *dropSink) bagList {
 	for field != "" {
 		var raw string
 		raw, field, _ = strings.Cut(field, ",")
@@ -183,6 +181,7 @@ func parseBaggageField(l *bagList, field string, keep func(string) bool, drop *d
 		}
 		l.add(m)
 	}
+	return l
 }
 
 // parseBaggageMember parses key OWS "=" OWS value *( OWS ";" OWS property ).

@@ -62,6 +62,7 @@ func BenchmarkInject(b *testing.B) {
 		ctx = carrier.ContextWithSession(trace.ContextWithRemoteSpanContext(ctx, sc), benchSession)
 		c := &kafkaHeaders{h: make([]header, 0, 8)}
 		b.ReportAllocs()
+		defer reportCPU(b, cpuNanos())
 		for b.Loop() {
 			c.h = c.h[:0]
 			p.Inject(ctx, c)
@@ -76,6 +77,7 @@ func BenchmarkInject(b *testing.B) {
 		ctx = trace.ContextWithRemoteSpanContext(ctx, sc)
 		c := &stockHeaders{h: make([]header, 0, 8)}
 		b.ReportAllocs()
+		defer reportCPU(b, cpuNanos())
 		for b.Loop() {
 			c.h = c.h[:0]
 			p.Inject(ctx, c)
@@ -132,6 +134,7 @@ func BenchmarkExtract(b *testing.B) {
 			i := 0
 			var out context.Context
 			b.ReportAllocs()
+			defer reportCPU(b, cpuNanos())
 			for b.Loop() {
 				c.h = msgs[i]
 				if i++; i == len(msgs) {
@@ -152,6 +155,7 @@ func BenchmarkExtract(b *testing.B) {
 			i := 0
 			var out context.Context
 			b.ReportAllocs()
+			defer reportCPU(b, cpuNanos())
 			for b.Loop() {
 				c.h = msgs[i]
 				if i++; i == len(msgs) {
@@ -168,3 +172,10 @@ func BenchmarkExtract(b *testing.B) {
 }
 
 var _ propagation.TextMapCarrier = (*stockHeaders)(nil)
+
+// reportCPU adds the process CPU time per operation since start.
+func reportCPU(b *testing.B, start int64) {
+	if b.N > 0 {
+		b.ReportMetric(float64(cpuNanos()-start)/float64(b.N), "cpu-ns/op")
+	}
+}

@@ -3,6 +3,7 @@ package carrier
 import (
 	"hash/maphash"
 	"sync"
+	"sync/atomic"
 
 	"go.opentelemetry.io/otel/baggage"
 	"go.opentelemetry.io/otel/trace"
@@ -19,6 +20,7 @@ const (
 	cacheShards   = 16   // spreads lock contention across goroutines
 	cachePerShard = 16   // entries per shard: 256 per cache
 	maxCachedLen  = 2048 // longer header values are decoded every time
+	doorSlots     = 1024 // hashes of values seen once, see parseCache.admit
 )
 
 // parseCache maps a header value to its decoded form. Values are immutable
@@ -26,6 +28,12 @@ const (
 type parseCache[V any] struct {
 	seed   maphash.Seed
 	shards [cacheShards]cacheShard[V]
+	// door remembers the hashes of values seen once. A value is stored
+	// only when it comes a second time, so a stream of values that never
+	// repeat (every message a new journey) costs an atomic store instead of
+	// a locked map insert and eviction, and cannot flush the journeys that
+	// do repeat out of the cache.
+	door [doorSlots]atomic.Uint64
 }
 
 type cacheShard[V any] struct {
@@ -37,31 +45,41 @@ func newParseCache[V any]() *parseCache[V] {
 	return &parseCache[V]{seed: maphash.MakeSeed()}
 }
 
-func (c *parseCache[V]) shard(key string) *cacheShard[V] {
-	return &c.shards[maphash.String(c.seed, key)%cacheShards]
-}
+func (c *parseCache[V]) hash(key string) uint64 { return maphash.String(c.seed, key) }
 
-// get looks key up. key may be a view of a carrier's bytes: it is only
-// compared, never kept.
-func (c *parseCache[V]) get(key string) (v V, ok bool) {
+// get looks key, whose hash is h, up. key may be a view of a carrier's
+// bytes: it is only compared, never kept.
+func (c *parseCache[V]) get(key string, h uint64) (v V, ok bool) {
 	if len(key) > maxCachedLen {
 		return v, false
 	}
-	s := c.shard(key)
+	s := &c.shards[h%cacheShards]
 	s.mu.RLock()
 	v, ok = s.m[key]
 	s.mu.RUnlock()
 	return v, ok
 }
 
-// put stores v under key, which the caller must own. A full shard forgets
-// one entry first; Go's random map iteration order makes that a random
-// eviction, which needs no bookkeeping on the read path.
-func (c *parseCache[V]) put(key string, v V) {
-	if len(key) > maxCachedLen {
+// admit reports whether a value with hash h was seen recently and so is
+// worth storing; if not, it remembers h for next time.
+func (c *parseCache[V]) admit(h uint64) bool {
+	slot := &c.door[(h/cacheShards)%doorSlots]
+	if slot.Load() == h {
+		return true
+	}
+	slot.Store(h)
+	return false
+}
+
+// put stores v under key (hash h), which the caller must own, if key was
+// seen before. A full shard forgets one entry first; Go's random map
+// iteration order makes that a random eviction, which needs no bookkeeping
+// on the read path.
+func (c *parseCache[V]) put(key string, h uint64, v V) {
+	if len(key) > maxCachedLen || !c.admit(h) {
 		return
 	}
-	s := c.shard(key)
+	s := &c.shards[h%cacheShards]
 	s.mu.Lock()
 	if s.m == nil {
 		s.m = make(map[string]V, cachePerShard)

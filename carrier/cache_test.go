@@ -13,7 +13,9 @@ import (
 func TestParseCacheBounded(t *testing.T) {
 	c := newParseCache[int]()
 	for i := range 10000 {
-		c.put(fmt.Sprintf("k=%d", i), i)
+		k := fmt.Sprintf("k=%d", i)
+		c.put(k, c.hash(k), i)
+		c.put(k, c.hash(k), i) // the second sighting is admitted
 	}
 	n := 0
 	for i := range c.shards {
@@ -26,13 +28,19 @@ func TestParseCacheBounded(t *testing.T) {
 		t.Fatalf("cache holds %d entries", n)
 	}
 	long := strings.Repeat("x", maxCachedLen+1)
-	c.put(long, 1)
-	if _, ok := c.get(long); ok {
+	c.put(long, c.hash(long), 1)
+	c.put(long, c.hash(long), 1)
+	if _, ok := c.get(long, c.hash(long)); ok {
 		t.Fatal("over-long value cached")
 	}
-	c.put("recent", 7)
-	if v, ok := c.get("recent"); !ok || v != 7 {
-		t.Fatalf("get after put = %d, %v", v, ok)
+	h := c.hash("recent")
+	c.put("recent", h, 7)
+	if _, ok := c.get("recent", h); ok {
+		t.Fatal("a value seen once was stored")
+	}
+	c.put("recent", h, 7)
+	if v, ok := c.get("recent", h); !ok || v != 7 {
+		t.Fatalf("get after the second put = %d, %v", v, ok)
 	}
 }
 
@@ -44,11 +52,12 @@ func TestParseCacheConcurrent(t *testing.T) {
 		wg.Go(func() {
 			for i := range 2000 {
 				k := fmt.Sprintf("%d", (g*7+i)%600)
-				if v, ok := c.get(k); ok && v != k {
+				h := c.hash(k)
+				if v, ok := c.get(k, h); ok && v != k {
 					t.Errorf("key %q holds %q", k, v)
 					return
 				}
-				c.put(k, k)
+				c.put(k, h, k)
 			}
 		})
 	}

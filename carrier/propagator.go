@@ -293,12 +293,7 @@ type incoming struct {
 	baggage          []string
 	session          string
 	borrowed         bool
-	tsBuf, bagBuf    [8]string
-}
-
-func (in *incoming) init() {
-	in.tracestate = in.tsBuf[:0]
-	in.baggage = in.bagBuf[:0]
+	tsBuf, bagBuf    [4]string
 }
 
 // own returns s in memory that Extract may keep.
@@ -310,11 +305,12 @@ func (in *incoming) own(s string) string {
 }
 
 func (p *Propagator) read(c propagation.TextMapCarrier, in *incoming) {
-	in.init()
+	in.tracestate, in.baggage = in.tsBuf[:0], in.bagBuf[:0]
 	names := &p.cfg.names
 	switch c := c.(type) {
 	case ByteCarrier:
 		p.readBytes(c, in)
+		return
 	case propagation.ValuesGetter:
 		tp := c.Values(names.Traceparent)
 		in.traceparents = len(tp)
@@ -441,19 +437,22 @@ func (p *Propagator) extract(ctx context.Context, in *incoming) context.Context 
 // case, is looked up in the cache first.
 func (p *Propagator) traceState(in *incoming) *tsEntry {
 	single := len(in.tracestate) == 1 && len(in.tracestate[0]) <= maxCachedLen
+	var h uint64
 	if single {
-		if e, ok := p.tsCache.get(in.tracestate[0]); ok {
+		h = p.tsCache.hash(in.tracestate[0])
+		if e, ok := p.tsCache.get(in.tracestate[0], h); ok {
 			p.drops.replay(fieldTracestate, e.drops)
 			return e
 		}
 	}
 	sink := dropSink{d: p.drops, f: fieldTracestate, record: single}
-	var l tsList
+	var buf [8]tsMember
+	l := tsList{m: buf[:0]}
 	for i, f := range in.tracestate {
 		in.tracestate[i] = in.own(f)
-		parseTracestateField(&l, in.tracestate[i], &sink)
+		l = parseTracestateField(l, in.tracestate[i], &sink)
 	}
-	l.truncate(&sink)
+	l = l.truncate(&sink)
 	e := &tsEntry{}
 	if len(l.m) > 0 {
 		joined := ""
@@ -470,7 +469,7 @@ func (p *Propagator) traceState(in *incoming) *tsEntry {
 	}
 	if single {
 		e.drops = sink.rs
-		p.tsCache.put(in.tracestate[0], e)
+		p.tsCache.put(in.tracestate[0], h, e)
 	}
 	return e
 }
@@ -479,8 +478,10 @@ func (p *Propagator) traceState(in *incoming) *tsEntry {
 // single field was seen before. The entry must not be modified.
 func (p *Propagator) baggageMembers(in *incoming) *bagEntry {
 	single := len(in.baggage) == 1 && len(in.baggage[0]) <= maxCachedLen
+	var h uint64
 	if single {
-		if e, ok := p.bagCache.get(in.baggage[0]); ok {
+		h = p.bagCache.hash(in.baggage[0])
+		if e, ok := p.bagCache.get(in.baggage[0], h); ok {
 			p.drops.replay(fieldBaggage, e.drops)
 			return e
 		}
@@ -490,17 +491,18 @@ func (p *Propagator) baggageMembers(in *incoming) *bagEntry {
 		keep = p.allowed
 	}
 	sink := dropSink{d: p.drops, f: fieldBaggage, record: single}
-	var l bagList
+	var buf [8]bagMember
+	l := bagList{m: buf[:0]}
 	for i, f := range in.baggage {
 		in.baggage[i] = in.own(f)
-		parseBaggageField(&l, in.baggage[i], keep, &sink)
+		l = parseBaggageField(l, in.baggage[i], keep, &sink)
 	}
 	e := &bagEntry{members: slices.Clone(l.m), bytes: l.bytes}
 	if single {
 		// Built once here, shared by every message with these bytes.
 		e.bag = l.toBaggage()
 		e.drops = sink.rs
-		p.bagCache.put(in.baggage[0], e)
+		p.bagCache.put(in.baggage[0], h, e)
 	}
 	return e
 }
@@ -557,7 +559,8 @@ func (p *Propagator) extractBaggage(ctx context.Context, in *incoming) context.C
 	}
 	bag := e.bag
 	if changed || e.bag.Len() == 0 && len(e.members) > 0 {
-		var l bagList
+		var buf [8]bagMember
+		l := bagList{m: buf[:0]}
 		for i, m := range e.members {
 			if i != member {
 				l.add(m)

@@ -17,18 +17,13 @@ const (
 // tsMember is one tracestate list-member, as substrings of the input.
 type tsMember struct{ key, value string }
 
-// tsList collects list-members without allocating for typical sizes.
+// tsList collects list-members. The caller gives m a stack array to start
+// from (a self-referencing buffer inside tsList would force it to the heap).
 type tsList struct {
-	buf [8]tsMember
-	m   []tsMember
+	m []tsMember
 }
 
-func (l *tsList) add(m tsMember) {
-	if l.m == nil {
-		l.m = l.buf[:0]
-	}
-	l.m = append(l.m, m)
-}
+func (l *tsList) add(m tsMember) { l.m = append(l.m, m) }
 
 func (l *tsList) has(key string) bool {
 	for _, m := range l.m {
@@ -45,7 +40,9 @@ func (l *tsList) has(key string) bool {
 // first occurrence of a key is the most recent position and wins); drop is
 // told why. Multiple header fields are combined by calling this once per
 // field, which is what RFC 7230 field combination with "," amounts to.
-func parseTracestateField(l *tsList, field string, drop *dropSink) {
+// l is passed and returned by value so that its stack buffer stays on the
+// stack: a store through a pointer would move it to the heap.
+func parseTracestateField(l tsList, field string, drop *dropSink) tsList {
 	for field != "" {
 		var m string
 		m, field, _ = strings.Cut(field, ",")
@@ -64,11 +61,12 @@ func parseTracestateField(l *tsList, field string, drop *dropSink) {
 		}
 		l.add(tsMember{key, value})
 	}
+	return l
 }
 
 // truncate cuts l to the member limit: entries longer than 128 characters go
 // first, then entries from the end, as Trace Context prescribes.
-func (l *tsList) truncate(drop *dropSink) {
+func (l tsList) truncate(drop *dropSink) tsList {
 	for len(l.m) > maxTracestateMembers {
 		victim := len(l.m) - 1
 		for i := len(l.m) - 1; i >= 0; i-- {
@@ -80,6 +78,7 @@ func (l *tsList) truncate(drop *dropSink) {
 		l.m = append(l.m[:victim], l.m[victim+1:]...)
 		drop.add(dropTooMany)
 	}
+	return l
 }
 
 func (l *tsList) encodedLen() int {

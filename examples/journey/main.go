@@ -1,0 +1,35 @@
+// Command journey is tracebridge's main demo: one checkout request crosses
+// HTTP → Kafka → RabbitMQ → NATS JetStream → a background job, one consumer
+// fails once and succeeds on retry, and the whole journey is printed as a
+// waterfall under one trace ID and one session, followed by the log lines
+// found by that session ID.
+//
+//	go run ./examples/journey
+//
+// It runs on embedded defaults: an in-process Kafka-protocol broker and an
+// embedded NATS server, unless KAFKA_BROKERS or NATS_URL name real ones. It
+// uses RabbitMQ at AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/)
+// when one is reachable, and otherwise says how to start one and goes from
+// Kafka straight to NATS. With OTEL_EXPORTER_OTLP_ENDPOINT set it also
+// exports the spans over OTLP, so Jaeger shows the same journey.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+)
+
+func main() {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := run(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "journey:", err)
+		if errors.Is(err, context.DeadlineExceeded) {
+			fmt.Fprintln(os.Stderr, "the journey did not finish within 60s")
+		}
+		os.Exit(1)
+	}
+}

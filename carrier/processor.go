@@ -3,8 +3,8 @@ package carrier
 import (
 	"context"
 
-	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 )
 
 // SessionSpanProcessor stamps session.id (and session.previous_id after a

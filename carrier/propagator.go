@@ -530,7 +530,8 @@ func (p *Propagator) extractBaggage(ctx context.Context, in *incoming) context.C
 		e = p.baggageMembers(in)
 	}
 	// The session.id member and the session header must agree; the header
-	// wins, and the member is the fallback when the header is missing.
+	// wins, and the member is the fallback when the header is missing or
+	// invalid (DESIGN: "header first; the baggage member is the fallback").
 	sess := ""
 	changed := false
 	member := -1
@@ -543,7 +544,7 @@ func (p *Propagator) extractBaggage(ctx context.Context, in *incoming) context.C
 	switch {
 	case member >= 0 && headerOK && e.members[member].value == in.session:
 		sess = e.members[member].value // owned, unlike a borrowed header
-	case member >= 0 && !headerOK && in.session == "" && p.sessionOK(e.members[member].value):
+	case member >= 0 && !headerOK && p.sessionOK(e.members[member].value):
 		sess = e.members[member].value
 	case member >= 0:
 		if !headerOK {

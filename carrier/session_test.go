@@ -76,7 +76,7 @@ func TestSessionPrecedence(t *testing.T) {
 		{"baggage only", "", "session.id=b1", carrier.Trusted, "b1", "b1", nil},
 		{"header and baggage agree", "s1", "session.id=s1,k=v", carrier.Trusted, "s1", "s1", nil},
 		{"header wins over baggage", "h1", "session.id=b1", carrier.Trusted, "h1", "h1", nil},
-		{"invalid header dropped, member with it", long, "session.id=b1", carrier.Trusted, "", "", map[string]int64{"session-id/invalid": 2}},
+		{"invalid header dropped, member is the fallback", long, "session.id=b1", carrier.Trusted, "b1", "b1", map[string]int64{"session-id/invalid": 1}},
 		{"invalid header, no baggage", "a b", "", carrier.Trusted, "", "", map[string]int64{"session-id/invalid": 1}},
 		{"invalid baggage member dropped", "", "session.id=" + long, carrier.Trusted, "", "", map[string]int64{"session-id/invalid": 1}},
 		{"untrusted UUID kept", "0190b3c4-5d6e-7f80-9a1b-2c3d4e5f6071", "", carrier.Untrusted, "0190b3c4-5d6e-7f80-9a1b-2c3d4e5f6071", "0190b3c4-5d6e-7f80-9a1b-2c3d4e5f6071", nil},

@@ -531,7 +531,7 @@ func (p *Propagator) extractBaggage(ctx context.Context, in *incoming) context.C
 	}
 	// The session.id member and the session header must agree; the header
 	// wins, and the member is the fallback when the header is missing or
-	// invalid (DESIGN: "header first; the baggage member is the fallback").
+	// invalid: a bad header must not cost a session that is valid on the wire.
 	sess := ""
 	changed := false
 	member := -1

@@ -31,5 +31,5 @@
 // shuts down gracefully when Run's context ends.
 //
 // Header names, the trust policy and the span shapes are the ones every
-// tracebridge package shares; see the repository's DESIGN.md.
+// tracebridge package shares; the README documents them.
 package kafka

@@ -59,6 +59,7 @@ type journey struct {
 
 	attempts  [numHops]int
 	successes [numHops][]trace.SpanContext // every successful attempt (at least once may repeat one)
+	tries     [numHops][]trace.SpanContext // every attempt, in order
 	done      bool
 }
 
@@ -454,6 +455,9 @@ func (w *world) handle(ctx context.Context, h hop, key string, forward func(cont
 		w.noteCrossTalk(fmt.Sprintf("%s handler of %s: session %q baggage %q, want %q %q", h, key, s, b, wantS, wantB))
 	}
 	sc := trace.SpanContextFromContext(ctx)
+	w.mu.Lock()
+	j.tries[h] = append(j.tries[h], sc)
+	w.mu.Unlock()
 	if err := w.cfg.fail(h, key, attempt); err != nil {
 		return err
 	}

@@ -95,7 +95,7 @@ func TestGoRecoversPanics(t *testing.T) {
 		var text string
 		for _, ev := range spans[0].Events() {
 			for _, kv := range ev.Attributes {
-				text += kv.Value.Emit()
+				text += kv.Value.String()
 			}
 		}
 		if !strings.Contains(text, want) {

@@ -110,8 +110,8 @@ func TestQueueGroupAndWildcardAttributes(t *testing.T) {
 		"messaging.operation.type":       "process",
 		"server.address":                 "127.0.0.1",
 	} {
-		if v, _ := attr(s, attributeKey(k)); v.Emit() != want {
-			t.Errorf("%s = %q, want %q", k, v.Emit(), want)
+		if v, _ := attr(s, attributeKey(k)); v.String() != want {
+			t.Errorf("%s = %q, want %q", k, v.String(), want)
 		}
 	}
 }

@@ -59,3 +59,20 @@ type Queue interface {
 	// afterwards.
 	Close() error
 }
+
+// RemoteQueue is implemented by a broker-backed queue, whose jobs live
+// with the broker and may run in any process. The runner then waits at
+// Shutdown only for the jobs its own workers took, not for every job it
+// enqueued, and stops taking jobs as soon as Shutdown begins. Unique keys
+// only merge jobs pending in the enqueuing process until the broker
+// confirmed them.
+type RemoteQueue interface {
+	Queue
+	// Remote reports whether the jobs live outside this process.
+	Remote() bool
+}
+
+func isRemote(q Queue) bool {
+	rq, ok := q.(RemoteQueue)
+	return ok && rq.Remote()
+}

@@ -50,6 +50,7 @@ type Runner struct {
 	t      *msgtrace.Tracer
 	tracer trace.Tracer // for Go's task spans, which are not messaging spans
 	q      Queue
+	remote bool // q's jobs live with a broker, not in this process
 	base   settings
 
 	mu          sync.Mutex
@@ -108,6 +109,7 @@ func New(cfg Config, opts ...tracebridge.Option) *Runner {
 		t:        t,
 		tracer:   t.TracerProvider.Tracer(msgtrace.ScopeName, trace.WithInstrumentationVersion(msgtrace.Version)),
 		q:        cfg.Queue,
+		remote:   isRemote(cfg.Queue),
 		base:     settings{maxAttempts: t.MaxAttempts, timeout: cfg.Timeout, backoff: t.Backoff},
 		kinds:    make(map[string]*kind),
 		unique:   make(map[string]*Envelope),
@@ -249,7 +251,9 @@ func (r *Runner) enqueue(ctx context.Context, e *Envelope, set settings) (string
 		err = fmt.Errorf("jobs: enqueue %q: %w", e.Kind, err)
 	}
 	r.mu.Lock()
-	if err != nil {
+	// A job the broker confirmed is the broker's: another process may run
+	// it, so this one neither waits for it nor can tell when it leaves.
+	if err != nil || r.remote {
 		if key != "" && r.unique[key] == e {
 			delete(r.unique, key)
 		}
@@ -313,6 +317,14 @@ func (e *Envelope) resolve(s settings) settings {
 
 func (r *Runner) run(e *Envelope) {
 	r.mu.Lock()
+	if r.remote {
+		if r.closing { // popped as Shutdown began: safer with the broker
+			r.mu.Unlock()
+			_ = r.q.Release(context.Background(), e)
+			return
+		}
+		r.outstanding++ // it is this process's job until settled
+	}
 	if e.uniqueKey != "" && r.unique[e.uniqueKey] == e {
 		delete(r.unique, e.uniqueKey)
 	}
@@ -392,6 +404,9 @@ func (r *Runner) settle(ctx context.Context, proc *msgtrace.Process, e *Envelope
 		if settleErr = r.q.Retry(bg, e, next); settleErr == nil {
 			r.mu.Lock()
 			delete(r.inflight, e)
+			if r.remote && !r.reported {
+				r.finishLocked()
+			}
 			r.mu.Unlock()
 			return
 		}
@@ -444,6 +459,9 @@ func (r *Runner) Shutdown(ctx context.Context) ([]Unrun, error) {
 		close(r.idle)
 	}
 	r.mu.Unlock()
+	if r.remote {
+		r.stopPop() // the broker keeps what no worker here has taken
+	}
 	r.stopIntake()
 	r.pushing.Wait() // pushes end quickly now; after this the queue holds every job
 	defer func() {

@@ -1,0 +1,385 @@
+// Package queuetest is the conformance suite every broker-backed jobs.Queue
+// runs against its real broker, so the three queues are held to the same
+// promises by the same code: a worker in another process continues the
+// journey, a worker killed mid-job loses nothing, and retries across the
+// broker keep their attempt links.
+package queuetest
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.opentelemetry.io/otel/baggage"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/tracebridge/tracebridge"
+	"github.com/tracebridge/tracebridge/carrier"
+	"github.com/tracebridge/tracebridge/internal/msgtrace"
+	"github.com/tracebridge/tracebridge/internal/testenv"
+	"github.com/tracebridge/tracebridge/jobs"
+)
+
+// Broker opens queues on one broker.
+type Broker struct {
+	// Open returns a queue on destination name over a connection of its
+	// own, closed after t. Open is called for the same name by several
+	// runners, in this process and in the worker subprocess.
+	Open func(t testing.TB, name string) jobs.Queue
+	// Remove deletes destination name from the broker.
+	Remove func(t testing.TB, name string)
+	// Env is passed to the worker subprocess, so it reaches the same
+	// broker (an embedded one's address, say).
+	Env []string
+	// Redelivery bounds how long the broker takes to hand a killed
+	// worker's job to another worker.
+	Redelivery time.Duration
+}
+
+const (
+	envRole = "QUEUETEST_ROLE"
+	envName = "QUEUETEST_NAME"
+)
+
+// record is one line the worker subprocess writes per job event.
+type record struct {
+	Event   string `json:"event"` // "started" or "done"
+	ID      string `json:"id"`
+	Attempt int    `json:"attempt"`
+	Trace   string `json:"trace"`
+	Parent  string `json:"parent"`
+	Session string `json:"session"`
+	User    string `json:"user"`
+}
+
+// Child runs the worker subprocess's side and reports whether this
+// process is one: call it first in the test that calls Run, and return
+// when it reports true.
+func Child(t *testing.T, b Broker) bool {
+	if os.Getenv(envRole) != "worker" {
+		return false
+	}
+	tel := testenv.NewTelemetry(t)
+	r := jobs.New(jobs.Config{Queue: b.Open(t, os.Getenv(envName)), Timeout: -1},
+		tracebridge.WithTracerProvider(tel.TracerProvider), tracebridge.WithConcurrency(1))
+	var mu sync.Mutex
+	enc := json.NewEncoder(os.Stdout)
+	emit := func(ctx context.Context, event string, j *jobs.Job) {
+		rec := record{Event: event, ID: j.ID, Attempt: j.Attempt,
+			Trace:   trace.SpanContextFromContext(ctx).TraceID().String(),
+			Session: carrier.SessionFromContext(ctx), User: baggage.FromContext(ctx).Member("user").Value()}
+		if ro, ok := trace.SpanFromContext(ctx).(sdktrace.ReadOnlySpan); ok {
+			rec.Parent = ro.Parent().SpanID().String()
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		_ = enc.Encode(rec)
+	}
+	must(t, r.Register("echo", func(ctx context.Context, j *jobs.Job) error {
+		emit(ctx, "done", j)
+		return nil
+	}))
+	must(t, r.Register("hang", func(ctx context.Context, j *jobs.Job) error {
+		emit(ctx, "started", j)
+		<-ctx.Done() // until the parent kills this process
+		return ctx.Err()
+	}))
+	// The parent ends a well-behaved worker by closing stdin.
+	_, _ = bufio.NewReader(os.Stdin).ReadString('\n')
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, _ = r.Shutdown(ctx)
+	return true
+}
+
+func must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Run runs the suite on destinations named after name, which must be
+// unique to the call; b.Remove deletes each after its subtest.
+func Run(t *testing.T, b Broker, name string) {
+	for _, c := range []struct {
+		name string
+		run  func(*testing.T, Broker, string)
+	}{{"CrossProcess", crossProcess}, {"KilledWorker", killedWorker}, {"RetryLinks", retryLinks}} {
+		t.Run(c.name, func(t *testing.T) {
+			dest := name + "-" + c.name
+			t.Cleanup(func() { b.Remove(t, dest) })
+			c.run(t, b, dest)
+		})
+	}
+}
+
+// worker is a running worker subprocess.
+type worker struct {
+	cmd     *exec.Cmd
+	stdin   interface{ Close() error }
+	records chan record
+}
+
+func startWorker(t *testing.T, b Broker, name string) *worker {
+	t.Helper()
+	// Re-run this test binary, selecting the top-level test only, so the
+	// child reaches Child before any subtest.
+	top := strings.SplitN(t.Name(), "/", 2)[0]
+	cmd := exec.Command(os.Args[0], "-test.run=^"+top+"$", "-test.count=1")
+	cmd.Env = append(append(os.Environ(), b.Env...), envRole+"=worker", envName+"="+name)
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	must(t, err)
+	out, err := cmd.StdoutPipe()
+	must(t, err)
+	must(t, cmd.Start())
+	w := &worker{cmd: cmd, stdin: stdin, records: make(chan record, 100)}
+	go func() {
+		defer close(w.records)
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			var rec record
+			if json.Unmarshal(sc.Bytes(), &rec) == nil && rec.Event != "" {
+				w.records <- rec
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		_ = stdin.Close()
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	})
+	return w
+}
+
+func (w *worker) next(t *testing.T, within time.Duration) record {
+	t.Helper()
+	select {
+	case rec, ok := <-w.records:
+		if !ok {
+			t.Fatal("worker subprocess exited before reporting")
+		}
+		return rec
+	case <-time.After(within):
+		t.Fatalf("no report from the worker subprocess within %v", within)
+	}
+	return record{}
+}
+
+// enqueuer returns an enqueue-only runner on name and its telemetry.
+func enqueuer(t *testing.T, b Broker, name string, kinds ...string) (*jobs.Runner, *testenv.Telemetry) {
+	tel := testenv.NewTelemetry(t)
+	r := jobs.New(jobs.Config{Queue: jobs.EnqueueOnly(b.Open(t, name))},
+		tracebridge.WithTracerProvider(tel.TracerProvider))
+	for _, k := range kinds {
+		must(t, r.Register(k, func(context.Context, *jobs.Job) error { return nil }))
+	}
+	t.Cleanup(func() { shutdown(t, r) })
+	return r, tel
+}
+
+func shutdown(t testing.TB, r *jobs.Runner) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := r.Shutdown(ctx); err != nil {
+		t.Errorf("shutdown: %v", err)
+	}
+}
+
+// journey is a request context with a span, a session and baggage.
+func journey(t *testing.T, tel *testenv.Telemetry, session, user string) (context.Context, trace.Span) {
+	m, err := baggage.NewMember("user", user)
+	must(t, err)
+	bag, _ := baggage.New(m)
+	ctx := baggage.ContextWithBaggage(carrier.ContextWithSession(context.Background(), session), bag)
+	return tel.TracerProvider.Tracer("queuetest").Start(ctx, "request")
+}
+
+// sendSpan returns the span ID of job id's send span.
+func sendSpan(t *testing.T, tel *testenv.Telemetry, id string) trace.SpanContext {
+	t.Helper()
+	for _, s := range tel.Ended() {
+		if s.SpanKind() == trace.SpanKindProducer {
+			for _, kv := range s.Attributes() {
+				if string(kv.Key) == "messaging.message.id" && kv.Value.AsString() == id {
+					return s.SpanContext()
+				}
+			}
+		}
+	}
+	t.Fatalf("no send span for job %s", id)
+	return trace.SpanContext{}
+}
+
+type want struct {
+	trace, parent, session, user string
+}
+
+// crossProcess enqueues from three sessions here and checks that the
+// worker subprocess ran each job on its enqueuer's trace, under its send
+// span, with its session and baggage.
+func crossProcess(t *testing.T, b Broker, name string) {
+	r, tel := enqueuer(t, b, name, "echo")
+	w := startWorker(t, b, name)
+	wants := map[string]want{}
+	for i := range 3 {
+		session, user := fmt.Sprintf("sess-x-%d", i), fmt.Sprintf("user-%d", i)
+		ctx, span := journey(t, tel, session, user)
+		id, err := r.Enqueue(ctx, "echo", []byte("x"))
+		span.End()
+		must(t, err)
+		wants[id] = want{trace: span.SpanContext().TraceID().String(),
+			parent: sendSpan(t, tel, id).SpanID().String(), session: session, user: user}
+	}
+	for range wants {
+		rec := w.next(t, 15*time.Second)
+		wn, ok := wants[rec.ID]
+		if !ok {
+			t.Fatalf("worker ran unknown or repeated job %+v", rec)
+		}
+		delete(wants, rec.ID)
+		got := want{rec.Trace, rec.Parent, rec.Session, rec.User}
+		if got != wn || rec.Attempt != 1 {
+			t.Errorf("job %s in the worker process: got %+v attempt %d, want %+v attempt 1", rec.ID, got, rec.Attempt, wn)
+		}
+	}
+}
+
+// killedWorker kills the worker subprocess while it runs a job, with more
+// jobs queued behind it, and checks that a worker here then runs every
+// job on its journey: nothing is lost to the crash.
+func killedWorker(t *testing.T, b Broker, name string) {
+	r, tel := enqueuer(t, b, name, "hang", "echo")
+	w := startWorker(t, b, name)
+	ctx, span := journey(t, tel, "sess-killed", "victim")
+	hang, err := r.Enqueue(ctx, "hang", nil)
+	must(t, err)
+	if rec := w.next(t, 15*time.Second); rec.ID != hang || rec.Event != "started" {
+		t.Fatalf("worker reported %+v, want job %s started", rec, hang)
+	}
+	ids := map[string]bool{hang: true}
+	for range 4 {
+		id, err := r.Enqueue(ctx, "echo", nil)
+		must(t, err)
+		ids[id] = true
+	}
+	span.End()
+	must(t, w.cmd.Process.Kill())
+	for rec := range w.records { // what it finished before it died counts
+		if rec.Event == "done" {
+			delete(ids, rec.ID)
+		}
+	}
+
+	wtel := testenv.NewTelemetry(t)
+	wr := jobs.New(jobs.Config{Queue: b.Open(t, name)}, tracebridge.WithTracerProvider(wtel.TracerProvider))
+	done := make(chan *jobs.Job, 10)
+	handler := func(ctx context.Context, j *jobs.Job) error {
+		if trace.SpanContextFromContext(ctx).TraceID() != span.SpanContext().TraceID() ||
+			carrier.SessionFromContext(ctx) != "sess-killed" {
+			t.Errorf("job %s redelivered off its journey: trace %s session %q", j.ID,
+				trace.SpanContextFromContext(ctx).TraceID(), carrier.SessionFromContext(ctx))
+		}
+		done <- j
+		return nil
+	}
+	must(t, wr.Register("hang", handler))
+	must(t, wr.Register("echo", handler))
+	defer shutdown(t, wr)
+	deadline := time.After(b.Redelivery + 10*time.Second)
+	for len(ids) > 0 {
+		select {
+		case j := <-done:
+			delete(ids, j.ID)
+		case <-deadline:
+			t.Fatalf("jobs lost after the worker was killed: %v", ids)
+		}
+	}
+}
+
+// retryLinks runs a job that fails twice in a worker with its own
+// connection and checks the three attempts: one trace, attempt numbers
+// 1..3, attempt N linked to attempt N-1, and the backoff waited.
+func retryLinks(t *testing.T, b Broker, name string) {
+	const backoff = 50 * time.Millisecond
+	r, tel := enqueuer(t, b, name, "flaky")
+	wr := jobs.New(jobs.Config{Queue: b.Open(t, name)}, tracebridge.WithTracerProvider(tel.TracerProvider),
+		tracebridge.WithRetry(5, backoff, backoff))
+	var (
+		mu    sync.Mutex
+		calls int
+	)
+	ok := make(chan struct{})
+	must(t, wr.Register("flaky", func(ctx context.Context, j *jobs.Job) error {
+		mu.Lock()
+		defer mu.Unlock()
+		calls++
+		if calls < 3 {
+			return fmt.Errorf("flaky attempt %d", j.Attempt)
+		}
+		close(ok)
+		return nil
+	}))
+	defer shutdown(t, wr)
+	ctx, span := journey(t, tel, "sess-retry", "retrier")
+	_, err := r.Enqueue(ctx, "flaky", nil)
+	span.End()
+	must(t, err)
+	select {
+	case <-ok:
+	case <-time.After(15 * time.Second):
+		t.Fatal("flaky job did not succeed")
+	}
+	var attempts [3]sdktrace.ReadOnlySpan
+	deadline := time.Now().Add(5 * time.Second)
+	for attempts[2] == nil && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+		for _, s := range tel.Ended() {
+			if s.SpanKind() != trace.SpanKindConsumer {
+				continue
+			}
+			for _, kv := range s.Attributes() {
+				if kv.Key == msgtrace.AttemptKey && kv.Value.AsInt64() >= 1 && kv.Value.AsInt64() <= 3 {
+					attempts[kv.Value.AsInt64()-1] = s
+				}
+			}
+		}
+	}
+	for i, s := range attempts {
+		if s == nil {
+			t.Fatalf("attempt %d has no process span", i+1)
+		}
+		if s.SpanContext().TraceID() != span.SpanContext().TraceID() {
+			t.Errorf("attempt %d on trace %s, want the enqueuer's %s", i+1, s.SpanContext().TraceID(), span.SpanContext().TraceID())
+		}
+		if i == 0 {
+			continue
+		}
+		prev := attempts[i-1]
+		linked := false
+		for _, l := range s.Links() {
+			linked = linked || l.SpanContext.SpanID() == prev.SpanContext().SpanID()
+		}
+		if !linked {
+			t.Errorf("attempt %d does not link to attempt %d (%s): links %v", i+1, i, prev.SpanContext().SpanID(), s.Links())
+		}
+		if s.StartTime().Before(prev.EndTime()) {
+			t.Errorf("attempt %d started before attempt %d ended", i+1, i)
+		}
+	}
+}

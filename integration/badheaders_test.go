@@ -18,11 +18,11 @@ import (
 type corruption int
 
 const (
-	intact       corruption = iota // the traced publisher: the control group
-	garbage                        // unparsable traceparent and baggage, valid session
-	wrongTypes                     // traceparent as an integer, baggage as a table, session as bytes
-	bytesValid                     // valid values, but as []byte (AMQP allows both)
-	badSession                     // valid traceparent, session with a control character
+	intact     corruption = iota // the traced publisher: the control group
+	garbage                      // unparsable traceparent and baggage, valid session
+	wrongTypes                   // traceparent as an integer, baggage as a table, session as bytes
+	bytesValid                   // valid values, but as []byte (AMQP allows both)
+	badSession                   // valid traceparent, session with a control character
 	numCorruptions
 )
 

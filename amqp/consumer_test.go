@@ -78,7 +78,7 @@ func TestContinuity10kMessages100Sessions(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	waitFor(t, "all messages handled", 60*time.Second, func() bool {
+	testenv.WaitFor(t, "all messages handled", 60*time.Second, func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(got) == total
@@ -88,11 +88,11 @@ func TestContinuity10kMessages100Sessions(t *testing.T) {
 	}
 
 	sends := map[string]sdktrace.ReadOnlySpan{} // message id -> send span
-	for _, s := range spansNamed(tel, "send "+q) {
+	for _, s := range tel.Named("send " + q) {
 		id, _ := attr(s, "messaging.message.id")
 		sends[id] = s
 	}
-	procs := spansNamed(tel, "process "+q)
+	procs := tel.Named("process " + q)
 	if len(sends) != total || len(procs) != total {
 		t.Fatalf("%d send and %d process spans, want %d each", len(sends), len(procs), total)
 	}
@@ -153,11 +153,11 @@ func TestRetriesLinkedThroughDelayQueue(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "retried messages to succeed", 30*time.Second, func() bool { return done.Load() == msgs })
-	waitFor(t, "spans to end", 5*time.Second, func() bool { return len(spansNamed(tel, "process "+q)) == 3*msgs })
+	testenv.WaitFor(t, "retried messages to succeed", 30*time.Second, func() bool { return done.Load() == msgs })
+	testenv.WaitFor(t, "spans to end", 5*time.Second, func() bool { return len(tel.Named("process "+q)) == 3*msgs })
 
 	byMsg := map[string][]sdktrace.ReadOnlySpan{}
-	for _, s := range spansNamed(tel, "process "+q) {
+	for _, s := range tel.Named("process " + q) {
 		id, _ := attr(s, "messaging.message.id")
 		byMsg[id] = append(byMsg[id], s)
 	}
@@ -249,7 +249,7 @@ func TestFinalFailureDeadLettered(t *testing.T) {
 		}
 	}
 	dead := map[string]amqp091.Delivery{}
-	waitFor(t, "three dead letters", 20*time.Second, func() bool {
+	testenv.WaitFor(t, "three dead letters", 20*time.Second, func() bool {
 		d, ok, err := ch.Get(dlq, true)
 		if err != nil {
 			t.Fatalf("get dlq: %v", err)
@@ -264,13 +264,13 @@ func TestFinalFailureDeadLettered(t *testing.T) {
 			attempts.Load(), permanentCalls.Load(), panics.Load())
 	}
 	sends := map[string]sdktrace.ReadOnlySpan{}
-	for _, s := range spansNamed(tel, "send "+q) {
+	for _, s := range tel.Named("send " + q) {
 		id, _ := attr(s, "messaging.message.id")
 		sends[id] = s
 	}
-	waitFor(t, "final spans", 5*time.Second, func() bool { return len(spansNamed(tel, "process "+q)) == 5 })
+	testenv.WaitFor(t, "final spans", 5*time.Second, func() bool { return len(tel.Named("process "+q)) == 5 })
 	finals := map[string]sdktrace.ReadOnlySpan{}
-	for _, s := range spansNamed(tel, "process "+q) {
+	for _, s := range tel.Named("process " + q) {
 		if v, _ := attr(s, "tracebridge.retry.final"); v == "true" {
 			id, _ := attr(s, "messaging.message.id")
 			finals[id] = s
@@ -343,13 +343,13 @@ func TestBadHeadersReachHandler(t *testing.T) {
 			t.Fatalf("raw publish %d: %v", i, err)
 		}
 	}
-	waitFor(t, "every bad message handled", 20*time.Second, func() bool {
+	testenv.WaitFor(t, "every bad message handled", 20*time.Second, func() bool {
 		n := 0
 		handled.Range(func(any, any) bool { n++; return true })
 		return n == len(inputs)
 	})
-	waitFor(t, "process spans", 5*time.Second, func() bool { return len(spansNamed(tel, "process "+q)) == len(inputs) })
-	for _, s := range spansNamed(tel, "process "+q) {
+	testenv.WaitFor(t, "process spans", 5*time.Second, func() bool { return len(tel.Named("process "+q)) == len(inputs) })
+	for _, s := range tel.Named("process " + q) {
 		if s.Parent().IsValid() {
 			id, _ := attr(s, "messaging.message.id")
 			t.Errorf("message %s with invalid trace headers got a parent %v", id, s.Parent())
@@ -387,7 +387,7 @@ func TestLowLevelStartProcessEndsOnAck(t *testing.T) {
 		if !trace.SpanContextFromContext(ctx).IsValid() {
 			t.Fatal("no span in the handler context")
 		}
-		if n := len(spansNamed(tel, "process "+q)); n != 0 && raw.MessageId == "ack" {
+		if n := len(tel.Named("process " + q)); n != 0 && raw.MessageId == "ack" {
 			t.Fatalf("process span ended before the settle")
 		}
 		if raw.MessageId == "ack" {
@@ -403,7 +403,7 @@ func TestLowLevelStartProcessEndsOnAck(t *testing.T) {
 		}
 		d.End(nil, false) // after a settle: no second end
 	}
-	spans := spansNamed(tel, "process "+q)
+	spans := tel.Named("process " + q)
 	if len(spans) != 2 {
 		t.Fatalf("%d process spans, want 2", len(spans))
 	}

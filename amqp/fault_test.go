@@ -90,7 +90,7 @@ func TestBrokerRestartMidStream(t *testing.T) {
 		}
 	}
 	publish(0, total/2)
-	waitFor(t, "consumption to start", 20*time.Second, func() bool {
+	testenv.WaitFor(t, "consumption to start", 20*time.Second, func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(handled) > 200
@@ -109,7 +109,7 @@ func TestBrokerRestartMidStream(t *testing.T) {
 	publish(total/2, total) // waits for the publisher to reconnect
 	<-restarted
 	t.Logf("node down and back; publishing resumed %s after stop_app", time.Since(stopped).Round(time.Millisecond))
-	waitFor(t, "every message handled after the restart", 60*time.Second, func() bool {
+	testenv.WaitFor(t, "every message handled after the restart", 60*time.Second, func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(handled) == total
@@ -127,12 +127,12 @@ func TestBrokerRestartMidStream(t *testing.T) {
 	// Journeys: every message's handler ran under a process span whose parent
 	// is one of that message's send spans.
 	sends := map[trace.SpanID]string{}
-	for _, s := range spansNamed(tel, "send "+q) {
+	for _, s := range tel.Named("send " + q) {
 		id, _ := attr(s, "messaging.message.id")
 		sends[s.SpanContext().SpanID()] = id
 	}
 	parents := map[trace.SpanID]trace.SpanID{}
-	for _, s := range spansNamed(tel, "process "+q) {
+	for _, s := range tel.Named("process " + q) {
 		parents[s.SpanContext().SpanID()] = s.Parent().SpanID()
 	}
 	broken := 0

@@ -8,9 +8,9 @@ import (
 	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-
 	"github.com/tracebridge/tracebridge/internal/testenv"
+	"go.opentelemetry.io/otel/attribute"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 )
 
 var queueSeq atomic.Int64
@@ -82,32 +82,7 @@ func runConsumer(t testing.TB, run func(context.Context) error) (stop func() err
 	return stop
 }
 
-func waitFor(t testing.TB, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func spansNamed(tel *testenv.Telemetry, name string) []sdktrace.ReadOnlySpan {
-	var out []sdktrace.ReadOnlySpan
-	for _, s := range tel.Ended() {
-		if s.Name() == name {
-			out = append(out, s)
-		}
-	}
-	return out
-}
-
 func attr(s sdktrace.ReadOnlySpan, key string) (string, bool) {
-	for _, a := range s.Attributes() {
-		if string(a.Key) == key {
-			return a.Value.String(), true
-		}
-	}
-	return "", false
+	v, ok := testenv.Attr(s, attribute.Key(key))
+	return v.String(), ok
 }

@@ -34,7 +34,7 @@ func TestPublisherSendSpanConfirmedAndHeaders(t *testing.T) {
 	if len(orig) != 1 {
 		t.Errorf("publisher modified the caller's headers: %v", orig)
 	}
-	spans := spansNamed(tel, "send "+q)
+	spans := tel.Named("send " + q)
 	if len(spans) != 1 {
 		t.Fatalf("got %d send spans, want 1", len(spans))
 	}
@@ -105,7 +105,7 @@ func TestPublisherReturnedAndNackedAreErrors(t *testing.T) {
 		t.Fatalf("routable publish: %v", err)
 	}
 
-	spans := append(spansNamed(tel, "send "+unroutable), spansNamed(tel, "send "+full)...)
+	spans := append(tel.Named("send "+unroutable), tel.Named("send "+full)...)
 	if len(spans) != 3 {
 		t.Fatalf("got %d send spans, want 3", len(spans))
 	}
@@ -147,7 +147,7 @@ func TestPublisherDeferredConfirm(t *testing.T) {
 			t.Fatalf("second wait: %v", err)
 		}
 	}
-	if got := len(spansNamed(tel, "send "+q)); got != n {
+	if got := len(tel.Named("send " + q)); got != n {
 		t.Errorf("%d send spans ended, want %d (each exactly once)", got, n)
 	}
 }

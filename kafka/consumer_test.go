@@ -33,7 +33,7 @@ func TestContinuity(t *testing.T) {
 	topic := newTopic("continuity")
 	ensureTopics(t, addrs, topic)
 
-	w := tbkafka.NewWriter(rawWriter(addrs, topic), telOpts(tel)...)
+	w := tbkafka.NewWriter(rawWriter(addrs, topic), tel.Options()...)
 	defer w.Close()
 	var pwg sync.WaitGroup
 	perr := make(chan error, sessions)
@@ -87,9 +87,9 @@ func TestContinuity(t *testing.T) {
 			seen[key] = true
 			mu.Unlock()
 			return nil
-		}, append(telOpts(tel), tracebridge.WithConcurrency(3))...)
+		}, append(tel.Options(), tracebridge.WithConcurrency(3))...)
 	stop := runConsumer(t, c.Run)
-	waitFor(t, "10,000 messages handled", 60*time.Second, func() bool {
+	testenv.WaitFor(t, "10,000 messages handled", 60*time.Second, func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(seen) == sessions*perSession
@@ -99,14 +99,14 @@ func TestContinuity(t *testing.T) {
 		t.Fatalf("%d handlers saw the wrong journey; first: %v", n, firstBad.Load())
 	}
 
-	creates := byKey(spansNamed(tel, "create "+topic))
+	creates := byKey(tel.Named("create " + topic))
 	requests := make(map[string]trace.SpanContext)
 	for _, s := range tel.Ended() {
 		if strings.HasPrefix(s.Name(), "request ") {
 			requests[strings.TrimPrefix(s.Name(), "request ")] = s.SpanContext()
 		}
 	}
-	procs := byKey(spansNamed(tel, "process "+topic))
+	procs := byKey(tel.Named("process " + topic))
 	if len(procs) != sessions*perSession {
 		t.Fatalf("process spans for %d messages, want %d", len(procs), sessions*perSession)
 	}
@@ -126,7 +126,7 @@ func TestContinuity(t *testing.T) {
 			if p.Parent().SpanID() != cs[0].SpanContext().SpanID() {
 				t.Fatalf("message %s: process span's parent is %s, want create span %s", key, p.Parent().SpanID(), cs[0].SpanContext().SpanID())
 			}
-			if v, _ := attr(p, "session.id"); v.AsString() != sid {
+			if v, _ := testenv.Attr(p, "session.id"); v.AsString() != sid {
 				t.Fatalf("message %s: process span session.id %q", key, v.AsString())
 			}
 		}
@@ -137,13 +137,13 @@ func TestContinuity(t *testing.T) {
 // span.
 func produceOne(t *testing.T, addrs []string, topic, key string, tel *testenv.Telemetry) sdktrace.ReadOnlySpan {
 	t.Helper()
-	w := tbkafka.NewWriter(rawWriter(addrs, topic), telOpts(tel)...)
+	w := tbkafka.NewWriter(rawWriter(addrs, topic), tel.Options()...)
 	defer w.Close()
 	ctx := carrier.ContextWithSession(context.Background(), "sess-"+key)
 	if err := w.WriteMessages(ctx, kafkago.Message{Key: []byte(key), Value: []byte("v")}); err != nil {
 		t.Fatalf("write %s: %v", key, err)
 	}
-	sends := byKey(spansNamed(tel, "send "+topic))[key]
+	sends := byKey(tel.Named("send " + topic))[key]
 	if len(sends) != 1 {
 		t.Fatalf("%d send spans for %s", len(sends), key)
 	}
@@ -159,7 +159,7 @@ func checkAttemptChain(t *testing.T, procs []sdktrace.ReadOnlySpan, producer sdk
 	}
 	byAttempt := make(map[int64]sdktrace.ReadOnlySpan)
 	for _, p := range procs {
-		v, _ := attr(p, "tracebridge.attempt")
+		v, _ := testenv.Attr(p, "tracebridge.attempt")
 		byAttempt[v.AsInt64()] = p
 	}
 	for k := int64(1); k <= int64(n); k++ {
@@ -205,7 +205,7 @@ func TestRetriesInPlace(t *testing.T) {
 		}
 		close(done)
 		return nil
-	}, append(telOpts(tel), tracebridge.WithRetry(3, 5*time.Millisecond, 20*time.Millisecond))...)
+	}, append(tel.Options(), tracebridge.WithRetry(3, 5*time.Millisecond, 20*time.Millisecond))...)
 	stop := runConsumer(t, c.Run)
 	select {
 	case <-done:
@@ -213,7 +213,7 @@ func TestRetriesInPlace(t *testing.T) {
 		t.Fatal("third attempt never ran")
 	}
 	stop()
-	checkAttemptChain(t, byKey(spansNamed(tel, "process "+topic))["k1"], producer, 3)
+	checkAttemptChain(t, byKey(tel.Named("process " + topic))["k1"], producer, 3)
 	if calls.Load() != 3 {
 		t.Fatalf("handler ran %d times", calls.Load())
 	}
@@ -245,7 +245,7 @@ func TestRetriesViaRetryTopic(t *testing.T) {
 		}
 		close(done)
 		return nil
-	}, append(telOpts(tel), tracebridge.WithRetry(3, 5*time.Millisecond, 20*time.Millisecond),
+	}, append(tel.Options(), tracebridge.WithRetry(3, 5*time.Millisecond, 20*time.Millisecond),
 		tracebridge.WithRetryDestination(retry))...)
 	stop := runConsumer(t, c.Run)
 	select {
@@ -257,7 +257,7 @@ func TestRetriesViaRetryTopic(t *testing.T) {
 	if v := hdrErr.Load(); v != nil {
 		t.Fatal(v)
 	}
-	procs := append(byKey(spansNamed(tel, "process "+topic))["k1"], byKey(spansNamed(tel, "process "+retry))["k1"]...)
+	procs := append(byKey(tel.Named("process " + topic))["k1"], byKey(tel.Named("process " + retry))["k1"]...)
 	checkAttemptChain(t, procs, producer, 3)
 }
 
@@ -296,7 +296,7 @@ func TestDeadLetter(t *testing.T) {
 	ensureTopics(t, addrs, topic, dlq)
 	producer := produceOne(t, addrs, topic, "k1", tel)
 	group := newTopic("g")
-	opts := append(telOpts(tel), tracebridge.WithRetry(2, time.Millisecond, 5*time.Millisecond), tracebridge.WithDeadLetter(dlq))
+	opts := append(tel.Options(), tracebridge.WithRetry(2, time.Millisecond, 5*time.Millisecond), tracebridge.WithDeadLetter(dlq))
 
 	// First a consumer whose dead-letter writes fail: the message must stay
 	// uncommitted however long it tries.
@@ -307,7 +307,7 @@ func TestDeadLetter(t *testing.T) {
 	}, opts...)
 	failing.SetPublisher(&kafkago.Writer{Addr: kafkago.TCP("127.0.0.1:1"), MaxAttempts: 1, BatchSize: 1})
 	stop := runConsumer(t, failing.Run)
-	waitFor(t, "both attempts", 30*time.Second, func() bool { return tries.Load() >= 2 })
+	testenv.WaitFor(t, "both attempts", 30*time.Second, func() bool { return tries.Load() >= 2 })
 	time.Sleep(300 * time.Millisecond) // several dead-letter writes fail meanwhile
 	stop()
 	for p, off := range committed(t, addrs, group, topic) {
@@ -328,7 +328,7 @@ func TestDeadLetter(t *testing.T) {
 	}, opts...)
 	stop = runConsumer(t, ok.Run)
 	dead := readOne(t, addrs, dlq)
-	waitFor(t, "commit after the dead letter", 30*time.Second, func() bool {
+	testenv.WaitFor(t, "commit after the dead letter", 30*time.Second, func() bool {
 		for _, off := range committed(t, addrs, group, topic) {
 			if off == 1 {
 				return true
@@ -351,8 +351,8 @@ func TestDeadLetter(t *testing.T) {
 	}
 	prev, _ := carrier.ParseTraceparent(headerValue(dead.Headers, "retry-previous"))
 	var last sdktrace.ReadOnlySpan
-	for _, p := range byKey(spansNamed(tel, "process "+topic))["k1"] {
-		if v, _ := attr(p, "tracebridge.retry.final"); v.AsBool() && p.EndTime().After(time.Time{}) {
+	for _, p := range byKey(tel.Named("process " + topic))["k1"] {
+		if v, _ := testenv.Attr(p, "tracebridge.retry.final"); v.AsBool() && p.EndTime().After(time.Time{}) {
 			last = p
 		}
 	}
@@ -370,7 +370,7 @@ func TestAtLeastOnceRestart(t *testing.T) {
 	tel := testenv.NewTelemetry(t)
 	topic, group := newTopic("alo"), newTopic("g")
 	ensureTopics(t, addrs, topic)
-	w := tbkafka.NewWriter(rawWriter(addrs, topic), telOpts(tel)...)
+	w := tbkafka.NewWriter(rawWriter(addrs, topic), tel.Options()...)
 	msgs := make([]kafkago.Message, total)
 	for i := range msgs {
 		msgs[i] = kafkago.Message{Key: []byte(fmt.Sprintf("m%04d", i)), Value: []byte("v")}
@@ -398,7 +398,7 @@ func TestAtLeastOnceRestart(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 		return handler(c, msg)
-	}, append(telOpts(tel), tracebridge.WithConcurrency(3))...)
+	}, append(tel.Options(), tracebridge.WithConcurrency(3))...)
 	if err := first.Run(ctx); err != nil {
 		t.Fatalf("first consumer: %v", err)
 	}
@@ -410,17 +410,17 @@ func TestAtLeastOnceRestart(t *testing.T) {
 	}
 
 	second := tbkafka.NewConsumer(groupReader(addrs, group, 20*time.Millisecond, topic), handler,
-		append(telOpts(tel), tracebridge.WithConcurrency(3))...)
+		append(tel.Options(), tracebridge.WithConcurrency(3))...)
 	stop := runConsumer(t, second.Run)
-	waitFor(t, "every message after the restart", 60*time.Second, func() bool {
+	testenv.WaitFor(t, "every message after the restart", 60*time.Second, func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(seen) == total
 	})
 	stop()
 
-	creates := byKey(spansNamed(tel, "create "+topic))
-	procs := spansNamed(tel, "process "+topic)
+	creates := byKey(tel.Named("create " + topic))
+	procs := tel.Named("process " + topic)
 	if len(procs) < total {
 		t.Fatalf("%d process spans for %d messages", len(procs), total)
 	}
@@ -472,16 +472,16 @@ func TestBadInputReachesHandler(t *testing.T) {
 		got[string(msg.Key)] = ctx
 		mu.Unlock()
 		return nil
-	}, telOpts(tel)...)
+	}, tel.Options()...)
 	stop := runConsumer(t, c.Run)
-	waitFor(t, "every bad message at the handler", 30*time.Second, func() bool {
+	testenv.WaitFor(t, "every bad message at the handler", 30*time.Second, func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(got) == len(cases)
 	})
 	stop()
 
-	procs := byKey(spansNamed(tel, "process "+topic))
+	procs := byKey(tel.Named("process " + topic))
 	valid, _ := carrier.ParseTraceparent(validTP)
 	other, _ := carrier.ParseTraceparent(otherTP)
 	for k := range cases {

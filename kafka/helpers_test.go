@@ -8,10 +8,8 @@ import (
 	"time"
 
 	kafkago "github.com/segmentio/kafka-go"
-	"go.opentelemetry.io/otel/attribute"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
-	"github.com/tracebridge/tracebridge"
 	"github.com/tracebridge/tracebridge/internal/testenv"
 )
 
@@ -74,34 +72,11 @@ func ensureTopics(t testing.TB, addrs []string, topics ...string) {
 	}
 }
 
-func telOpts(tel *testenv.Telemetry) []tracebridge.Option {
-	return []tracebridge.Option{tracebridge.WithTracerProvider(tel.TracerProvider), tracebridge.WithMeterProvider(tel.MeterProvider)}
-}
-
-func attr(s sdktrace.ReadOnlySpan, k attribute.Key) (attribute.Value, bool) {
-	for _, a := range s.Attributes() {
-		if a.Key == k {
-			return a.Value, true
-		}
-	}
-	return attribute.Value{}, false
-}
-
-func spansNamed(tel *testenv.Telemetry, name string) []sdktrace.ReadOnlySpan {
-	var out []sdktrace.ReadOnlySpan
-	for _, s := range tel.Ended() {
-		if s.Name() == name {
-			out = append(out, s)
-		}
-	}
-	return out
-}
-
 // byKey indexes spans by their messaging.kafka.message.key.
 func byKey(spans []sdktrace.ReadOnlySpan) map[string][]sdktrace.ReadOnlySpan {
 	out := make(map[string][]sdktrace.ReadOnlySpan, len(spans))
 	for _, s := range spans {
-		if v, ok := attr(s, "messaging.kafka.message.key"); ok {
+		if v, ok := testenv.Attr(s, "messaging.kafka.message.key"); ok {
 			out[v.AsString()] = append(out[v.AsString()], s)
 		}
 	}
@@ -132,17 +107,6 @@ func runConsumer(t testing.TB, run func(context.Context) error) (stop func()) {
 	}
 	t.Cleanup(stop)
 	return stop
-}
-
-func waitFor(t testing.TB, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 func headerCount(hs []kafkago.Header, key string) int {

@@ -49,7 +49,7 @@ func TestWriterSingleBatchAndForwarding(t *testing.T) {
 	tel := testenv.NewTelemetry(t)
 	topic := newTopic("writer")
 	ensureTopics(t, addrs, topic)
-	w := tbkafka.NewWriter(rawWriter(addrs, topic), telOpts(tel)...)
+	w := tbkafka.NewWriter(rawWriter(addrs, topic), tel.Options()...)
 	defer w.Close()
 
 	const fwdTP = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -66,8 +66,8 @@ func TestWriterSingleBatchAndForwarding(t *testing.T) {
 	if len(shared) != 1 || len(msgs[0].Headers) != 1 {
 		t.Fatal("WriteMessages edited the caller's headers")
 	}
-	creates := spansNamed(tel, "create "+topic)
-	sends := spansNamed(tel, "send "+topic)
+	creates := tel.Named("create " + topic)
+	sends := tel.Named("send " + topic)
 	if len(creates) != 4 || len(sends) != 1 {
 		t.Fatalf("%d create and %d send spans, want 4 and 1", len(creates), len(sends))
 	}
@@ -75,15 +75,15 @@ func TestWriterSingleBatchAndForwarding(t *testing.T) {
 		t.Fatalf("batch send span: kind %v, %d links", sends[0].SpanKind(), len(sends[0].Links()))
 	}
 	keys := byKey(creates)
-	if v, _ := attr(keys["b"][0], "messaging.message.body.size"); v.AsInt64() != 2 {
+	if v, _ := testenv.Attr(keys["b"][0], "messaging.message.body.size"); v.AsInt64() != 2 {
 		t.Fatalf("body size %v", v)
 	}
 	var nokey int
 	for _, c := range creates {
-		if _, ok := attr(c, "messaging.kafka.message.key"); !ok {
+		if _, ok := testenv.Attr(c, "messaging.kafka.message.key"); !ok {
 			nokey++
 		}
-		if v, _ := attr(c, "server.port"); v.AsInt64() == 0 {
+		if v, _ := testenv.Attr(c, "server.port"); v.AsInt64() == 0 {
 			t.Fatal("no server.port on create span")
 		}
 	}
@@ -120,7 +120,7 @@ func TestWriterSingleBatchAndForwarding(t *testing.T) {
 	if err := w.WriteMessages(context.Background(), kafkago.Message{Key: []byte("one"), Value: []byte("v")}); err != nil {
 		t.Fatal(err)
 	}
-	one := byKey(spansNamed(tel, "send "+topic))["one"]
+	one := byKey(tel.Named("send " + topic))["one"]
 	if len(one) != 1 || one[0].SpanKind() != trace.SpanKindProducer {
 		t.Fatalf("single message: %d send spans", len(one))
 	}
@@ -131,15 +131,15 @@ func TestWriterWithoutCreateSpans(t *testing.T) {
 	tel := testenv.NewTelemetry(t)
 	topic := newTopic("nocreate")
 	ensureTopics(t, addrs, topic)
-	w := tbkafka.NewWriter(rawWriter(addrs, topic), append(telOpts(tel), tracebridge.WithoutCreateSpans())...)
+	w := tbkafka.NewWriter(rawWriter(addrs, topic), append(tel.Options(), tracebridge.WithoutCreateSpans())...)
 	defer w.Close()
 	if err := w.WriteMessages(context.Background(), kafkago.Message{Key: []byte("a")}, kafkago.Message{Key: []byte("b")}); err != nil {
 		t.Fatal(err)
 	}
-	if n := len(spansNamed(tel, "create "+topic)); n != 0 {
+	if n := len(tel.Named("create " + topic)); n != 0 {
 		t.Fatalf("%d create spans with WithoutCreateSpans", n)
 	}
-	sends := spansNamed(tel, "send "+topic)
+	sends := tel.Named("send " + topic)
 	if len(sends) != 1 {
 		t.Fatalf("%d send spans", len(sends))
 	}
@@ -168,7 +168,7 @@ func TestWriterWriteErrorsPerMessage(t *testing.T) {
 		}
 		return partitions[0]
 	})
-	w := tbkafka.NewWriter(raw, telOpts(tel)...)
+	w := tbkafka.NewWriter(raw, tel.Options()...)
 	defer w.Close()
 	err := w.WriteMessages(context.Background(),
 		kafkago.Message{Key: []byte("small"), Value: []byte("v")},
@@ -177,11 +177,11 @@ func TestWriterWriteErrorsPerMessage(t *testing.T) {
 	if !errors.As(err, &werrs) || werrs[0] != nil || werrs[1] == nil {
 		t.Fatalf("want WriteErrors for the big message only, got %v", err)
 	}
-	keys := byKey(spansNamed(tel, "create "+topic))
+	keys := byKey(tel.Named("create " + topic))
 	if keys["small"][0].Status().Code == codes.Error || keys["big"][0].Status().Code != codes.Error {
 		t.Fatalf("status small=%v big=%v", keys["small"][0].Status(), keys["big"][0].Status())
 	}
-	if s := spansNamed(tel, "send "+topic); len(s) != 1 || s[0].Status().Code != codes.Error {
+	if s := tel.Named("send " + topic); len(s) != 1 || s[0].Status().Code != codes.Error {
 		t.Fatal("batch send span does not record the failure")
 	}
 }
@@ -203,7 +203,7 @@ func TestWriterAsyncCompletion(t *testing.T) {
 		completed = append(completed, msgs...)
 		mu.Unlock()
 	}
-	w := tbkafka.NewWriter(raw, telOpts(tel)...)
+	w := tbkafka.NewWriter(raw, tel.Options()...)
 	msgs := make([]kafkago.Message, 30)
 	for i := range msgs {
 		msgs[i] = kafkago.Message{Key: []byte{byte('a' + i%26), byte('0' + i/26)}, Value: []byte("v")}
@@ -223,16 +223,16 @@ func TestWriterAsyncCompletion(t *testing.T) {
 	if n != 31 {
 		t.Fatalf("user Completion saw %d messages, want 31", n)
 	}
-	creates := spansNamed(tel, "create "+topic)
+	creates := tel.Named("create " + topic)
 	if len(creates) != 30 {
 		t.Fatalf("%d create spans ended, want 30", len(creates))
 	}
 	for _, c := range creates {
-		if _, ok := attr(c, "messaging.kafka.offset"); !ok {
+		if _, ok := testenv.Attr(c, "messaging.kafka.offset"); !ok {
 			t.Fatal("async create span has no offset from the produce response")
 		}
 	}
-	sends := spansNamed(tel, "send "+topic)
+	sends := tel.Named("send " + topic)
 	if len(sends) != 2 {
 		t.Fatalf("%d send spans ended, want 2 (batch and single)", len(sends))
 	}
@@ -244,7 +244,7 @@ func TestReaderSpanEndsAtCommit(t *testing.T) {
 	topic := newTopic("reader")
 	ensureTopics(t, addrs, topic)
 	producer := produceOne(t, addrs, topic, "k1", tel)
-	r := tbkafka.NewReader(groupReader(addrs, newTopic("g"), 0, topic), telOpts(tel)...)
+	r := tbkafka.NewReader(groupReader(addrs, newTopic("g"), 0, topic), tel.Options()...)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	mctx, msg, err := r.FetchMessage(ctx)
@@ -254,13 +254,13 @@ func TestReaderSpanEndsAtCommit(t *testing.T) {
 	if carrier.SessionFromContext(mctx) != "sess-k1" || trace.SpanContextFromContext(mctx).TraceID() != producer.SpanContext().TraceID() {
 		t.Fatal("fetched context does not carry the journey")
 	}
-	if n := len(spansNamed(tel, "process "+topic)); n != 0 {
+	if n := len(tel.Named("process " + topic)); n != 0 {
 		t.Fatal("process span ended before the commit")
 	}
 	if err := r.CommitMessages(ctx, msg); err != nil {
 		t.Fatal(err)
 	}
-	ps := spansNamed(tel, "process "+topic)
+	ps := tel.Named("process " + topic)
 	if len(ps) != 1 || ps[0].Parent().SpanID() != producer.SpanContext().SpanID() {
 		t.Fatalf("%d process spans after commit", len(ps))
 	}
@@ -273,7 +273,7 @@ func TestReaderSpanEndsAtCommit(t *testing.T) {
 	if !commitEvent {
 		t.Fatal("no commit event on the process span")
 	}
-	if v, _ := attr(ps[0], "messaging.consumer.group.name"); v.AsString() == "" {
+	if v, _ := testenv.Attr(ps[0], "messaging.consumer.group.name"); v.AsString() == "" {
 		t.Fatal("no consumer group attribute")
 	}
 	if err := r.Close(); err != nil {
@@ -298,10 +298,10 @@ func TestPanicAndPermanent(t *testing.T) {
 			panic("handler bug")
 		}
 		return tracebridge.Permanent(errors.New("bad payload"))
-	}, append(telOpts(tel), tracebridge.WithRetry(3, time.Millisecond, 2*time.Millisecond), tracebridge.WithDeadLetter(dlq))...)
+	}, append(tel.Options(), tracebridge.WithRetry(3, time.Millisecond, 2*time.Millisecond), tracebridge.WithDeadLetter(dlq))...)
 	stop := runConsumer(t, c.Run)
-	waitFor(t, "both dead letters", 30*time.Second, func() bool {
-		return len(spansNamed(tel, "send "+dlq)) == 2
+	testenv.WaitFor(t, "both dead letters", 30*time.Second, func() bool {
+		return len(tel.Named("send "+dlq)) == 2
 	})
 	stop()
 	mu.Lock()
@@ -309,8 +309,8 @@ func TestPanicAndPermanent(t *testing.T) {
 	if calls["boom"] != 3 || calls["perm"] != 1 {
 		t.Fatalf("attempts: panic %d (want 3), permanent %d (want 1)", calls["boom"], calls["perm"])
 	}
-	for _, p := range byKey(spansNamed(tel, "process "+topic))["boom"] {
-		if v, _ := attr(p, "error.type"); v.AsString() != "panic" {
+	for _, p := range byKey(tel.Named("process " + topic))["boom"] {
+		if v, _ := testenv.Attr(p, "error.type"); v.AsString() != "panic" {
 			t.Fatalf("panic attempt error.type %q", v.AsString())
 		}
 	}
@@ -321,7 +321,7 @@ func TestBatchConsumerLinksEveryMessage(t *testing.T) {
 	tel := testenv.NewTelemetry(t)
 	topic := newTopic("batch")
 	ensureTopics(t, addrs, topic)
-	w := tbkafka.NewWriter(rawWriter(addrs, topic), telOpts(tel)...)
+	w := tbkafka.NewWriter(rawWriter(addrs, topic), tel.Options()...)
 	msgs := make([]kafkago.Message, 50)
 	for i := range msgs {
 		msgs[i] = kafkago.Message{Key: []byte{'k', byte('0' + i/10), byte('0' + i%10)}}
@@ -344,13 +344,13 @@ func TestBatchConsumerLinksEveryMessage(t *testing.T) {
 		seen += len(batch)
 		mu.Unlock()
 		return nil
-	}, 20, telOpts(tel)...)
+	}, 20, tel.Options()...)
 	stop := runConsumer(t, c.Run)
-	waitFor(t, "50 messages in batches", 30*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return seen == 50 })
+	testenv.WaitFor(t, "50 messages in batches", 30*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return seen == 50 })
 	stop()
 	links := 0
-	for _, p := range spansNamed(tel, "process "+topic) {
-		v, _ := attr(p, "messaging.batch.message_count")
+	for _, p := range tel.Named("process " + topic) {
+		v, _ := testenv.Attr(p, "messaging.batch.message_count")
 		if int(v.AsInt64()) != len(p.Links()) {
 			t.Fatalf("batch of %d with %d links", v.AsInt64(), len(p.Links()))
 		}

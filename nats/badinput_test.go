@@ -47,7 +47,7 @@ func TestCoreBadHeadersReachHandler(t *testing.T) {
 	url := testenv.NATS(t)
 	tel := testenv.NewTelemetry(t)
 	raw := connect(t, url)
-	c := tnats.Wrap(connect(t, url), telOpts(tel)...)
+	c := tnats.Wrap(connect(t, url), tel.Options()...)
 	subj := unique(t, "bad")
 	var mu sync.Mutex
 	got := map[string]trace.SpanContext{}
@@ -72,8 +72,8 @@ func TestCoreBadHeadersReachHandler(t *testing.T) {
 		defer mu.Unlock()
 		return len(got) == len(badHeaders)
 	})
-	eventually(t, 5*time.Second, "spans", func() bool { return len(spansNamed(tel, "process "+subj)) == len(badHeaders) })
-	for _, s := range spansNamed(tel, "process "+subj) {
+	eventually(t, 5*time.Second, "spans", func() bool { return len(tel.Named("process "+subj)) == len(badHeaders) })
+	for _, s := range tel.Named("process " + subj) {
 		for name, sc := range got {
 			if sc.SpanID() == s.SpanContext().SpanID() {
 				parents[name] = s.Parent()
@@ -95,7 +95,7 @@ func TestCoreBadHeadersReachHandler(t *testing.T) {
 func TestJetStreamBadHeadersAreAcked(t *testing.T) {
 	e := newJS(t)
 	cons := consumer(t, e.st, jetstream.ConsumerConfig{Durable: "c"})
-	c := tnats.NewConsumer(e.js, cons, telOpts(e.tel)...)
+	c := tnats.NewConsumer(e.js, cons, e.tel.Options()...)
 	for _, tc := range badHeaders {
 		if _, err := e.js.PublishMsg(context.Background(), &natsgo.Msg{Subject: e.subj, Data: []byte(tc.name), Header: tc.h}); err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
@@ -133,7 +133,7 @@ func TestConnectionWithoutHeaderSupport(t *testing.T) {
 	if nc.HeadersSupported() {
 		t.Fatal("server should not support headers")
 	}
-	c := tnats.Wrap(nc, telOpts(tel)...)
+	c := tnats.Wrap(nc, tel.Options()...)
 	subj := unique(t, "nohdr")
 	done := make(chan *natsgo.Msg, 1)
 	sub, err := c.Subscribe(subj, func(ctx context.Context, m *natsgo.Msg) {
@@ -159,7 +159,7 @@ func TestConnectionWithoutHeaderSupport(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("message lost")
 	}
-	if len(spansNamed(tel, "send "+subj)) != 1 {
+	if len(tel.Named("send "+subj)) != 1 {
 		t.Fatal("send span missing")
 	}
 }

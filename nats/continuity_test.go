@@ -80,7 +80,7 @@ func handlerRecord(sn *seen, ctx context.Context, data []byte) {
 // message, and that the handler saw the message's session and baggage.
 func checkContinuity(t *testing.T, tel *testenv.Telemetry, sn *seen, processName, sendName string) {
 	t.Helper()
-	eventually(t, 30*time.Second, "process spans to end", func() bool { return len(spansNamed(tel, processName)) >= numMessages })
+	eventually(t, 30*time.Second, "process spans to end", func() bool { return len(tel.Named(processName)) >= numMessages })
 	all := bySpanID(tel.Ended())
 	sn.mu.Lock()
 	defer sn.mu.Unlock()
@@ -111,14 +111,14 @@ func checkContinuity(t *testing.T, tel *testenv.Telemetry, sn *seen, processName
 			continue
 		}
 		prod, ok := all[send.Parent().SpanID()]
-		if v, _ := attr(prod, msgKey); !ok || v.AsInt64() != int64(i) {
+		if v, _ := testenv.Attr(prod, msgKey); !ok || v.AsInt64() != int64(i) {
 			fail("send span's parent names message %d", v.AsInt64())
 			continue
 		}
 		if proc.SpanContext().TraceID() != prod.SpanContext().TraceID() {
 			fail("process span on another trace")
 		}
-		if v, _ := attr(proc, "session.id"); v.AsString() != sessionOf(i) {
+		if v, _ := testenv.Attr(proc, "session.id"); v.AsString() != sessionOf(i) {
 			fail("process span session.id %q", v.AsString())
 		}
 	}
@@ -133,8 +133,8 @@ func checkContinuity(t *testing.T, tel *testenv.Telemetry, sn *seen, processName
 func TestCoreContinuity(t *testing.T) {
 	url := testenv.NATS(t)
 	tel := testenv.NewTelemetry(t)
-	pub := tnats.Wrap(connect(t, url), telOpts(tel)...)
-	sub := tnats.Wrap(connect(t, url), telOpts(tel, tracebridge.WithConcurrency(8))...)
+	pub := tnats.Wrap(connect(t, url), tel.Options()...)
+	sub := tnats.Wrap(connect(t, url), tel.Options(tracebridge.WithConcurrency(8))...)
 	subj := unique(t, "cont")
 
 	sn := newSeen()
@@ -178,7 +178,7 @@ func TestJetStreamContinuity(t *testing.T) {
 	st := stream(t, js, jetstream.StreamConfig{Name: subj, Subjects: []string{subj}})
 	cons := consumer(t, st, jetstream.ConsumerConfig{Durable: "c", MaxAckPending: numMessages, AckWait: time.Minute})
 
-	tjs := tnats.WrapJetStream(js, telOpts(tel)...)
+	tjs := tnats.WrapJetStream(js, tel.Options()...)
 	var futMu sync.Mutex
 	var futs []jetstream.PubAckFuture
 	produceAll(t, tel, func(ctx context.Context, i int) error {
@@ -202,7 +202,7 @@ func TestJetStreamContinuity(t *testing.T) {
 	}
 
 	sn := newSeen()
-	c := tnats.NewConsumer(js, cons, telOpts(tel, tracebridge.WithConcurrency(8))...)
+	c := tnats.NewConsumer(js, cons, tel.Options(tracebridge.WithConcurrency(8))...)
 	cc, err := c.Consume(func(ctx context.Context, m jetstream.Msg) error {
 		sn.enter()
 		defer sn.leave()
@@ -221,11 +221,11 @@ func TestJetStreamContinuity(t *testing.T) {
 	checkContinuity(t, tel, sn, "process "+subj, "send "+subj)
 
 	// Every send span carries the PubAck's stream and sequence.
-	for _, s := range spansNamed(tel, "send "+subj)[:10] {
-		if v, _ := attr(s, tnats.StreamKey); v.AsString() != subj {
+	for _, s := range tel.Named("send " + subj)[:10] {
+		if v, _ := testenv.Attr(s, tnats.StreamKey); v.AsString() != subj {
 			t.Fatalf("send span stream %q", v.AsString())
 		}
-		if v, _ := attr(s, tnats.StreamSequenceKey); v.AsInt64() < 1 {
+		if v, _ := testenv.Attr(s, tnats.StreamSequenceKey); v.AsInt64() < 1 {
 			t.Fatalf("send span sequence %d", v.AsInt64())
 		}
 	}

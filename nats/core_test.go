@@ -19,8 +19,8 @@ import (
 func TestRequestReplyIsOneTraceWithLinkBack(t *testing.T) {
 	url := testenv.NATS(t)
 	tel := testenv.NewTelemetry(t)
-	responder := tnats.Wrap(connect(t, url), telOpts(tel)...)
-	requester := tnats.Wrap(connect(t, url), telOpts(tel)...)
+	responder := tnats.Wrap(connect(t, url), tel.Options()...)
+	requester := tnats.Wrap(connect(t, url), tel.Options()...)
 	subj := unique(t, "rr")
 
 	sub, err := responder.Subscribe(subj, func(ctx context.Context, m *natsgo.Msg) {
@@ -46,12 +46,12 @@ func TestRequestReplyIsOneTraceWithLinkBack(t *testing.T) {
 		t.Fatalf("reply %q", reply.Data)
 	}
 
-	eventually(t, 5*time.Second, "process span", func() bool { return len(spansNamed(tel, "process "+subj)) == 1 })
-	reqs := spansNamed(tel, "request "+subj)
+	eventually(t, 5*time.Second, "process span", func() bool { return len(tel.Named("process "+subj)) == 1 })
+	reqs := tel.Named("request " + subj)
 	if len(reqs) != 1 {
 		t.Fatalf("%d request spans", len(reqs))
 	}
-	req, proc := reqs[0], spansNamed(tel, "process "+subj)[0]
+	req, proc := reqs[0], tel.Named("process " + subj)[0]
 	if req.SpanKind() != trace.SpanKindClient || req.Parent().SpanID() != root.SpanContext().SpanID() {
 		t.Fatalf("request span kind %v parent %v", req.SpanKind(), req.Parent().SpanID())
 	}
@@ -66,13 +66,13 @@ func TestRequestReplyIsOneTraceWithLinkBack(t *testing.T) {
 func TestRequestTimeoutIsAnErrorOnTheSpan(t *testing.T) {
 	url := testenv.NATS(t)
 	tel := testenv.NewTelemetry(t)
-	c := tnats.Wrap(connect(t, url), telOpts(tel)...)
+	c := tnats.Wrap(connect(t, url), tel.Options()...)
 	subj := unique(t, "nobody")
 	_, err := c.Request(context.Background(), subj, nil, 200*time.Millisecond)
 	if err == nil || !errors.Is(err, natsgo.ErrNoResponders) && !errors.Is(err, natsgo.ErrTimeout) {
 		t.Fatalf("err = %v", err)
 	}
-	s := spansNamed(tel, "request "+subj)
+	s := tel.Named("request " + subj)
 	if len(s) != 1 || s[0].Status().Code != codes.Error {
 		t.Fatalf("want one request span with status Error, got %v", s)
 	}
@@ -81,7 +81,7 @@ func TestRequestTimeoutIsAnErrorOnTheSpan(t *testing.T) {
 func TestQueueGroupAndWildcardAttributes(t *testing.T) {
 	url := testenv.NATS(t)
 	tel := testenv.NewTelemetry(t)
-	c := tnats.Wrap(connect(t, url), telOpts(tel)...)
+	c := tnats.Wrap(connect(t, url), tel.Options()...)
 	base := unique(t, "wild")
 	var got atomic.Int32
 	sub, err := c.QueueSubscribe(base+".*", "workers", func(ctx context.Context, m *natsgo.Msg) {
@@ -100,8 +100,8 @@ func TestQueueGroupAndWildcardAttributes(t *testing.T) {
 	if err := c.Publish(context.Background(), base+".eu", []byte("x")); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "delivery", func() bool { return len(spansNamed(tel, "process "+base+".*")) == 1 })
-	s := spansNamed(tel, "process "+base+".*")[0]
+	eventually(t, 5*time.Second, "delivery", func() bool { return len(tel.Named("process "+base+".*")) == 1 })
+	s := tel.Named("process " + base + ".*")[0]
 	for k, want := range map[string]string{
 		"messaging.system":               "nats",
 		"messaging.consumer.group.name":  "workers",
@@ -110,7 +110,7 @@ func TestQueueGroupAndWildcardAttributes(t *testing.T) {
 		"messaging.operation.type":       "process",
 		"server.address":                 "127.0.0.1",
 	} {
-		if v, _ := attr(s, attributeKey(k)); v.String() != want {
+		if v, _ := testenv.Attr(s, attributeKey(k)); v.String() != want {
 			t.Errorf("%s = %q, want %q", k, v.String(), want)
 		}
 	}
@@ -119,7 +119,7 @@ func TestQueueGroupAndWildcardAttributes(t *testing.T) {
 func TestCoreHandlerPanicIsRecordedAndSubscriptionSurvives(t *testing.T) {
 	url := testenv.NATS(t)
 	tel := testenv.NewTelemetry(t)
-	c := tnats.Wrap(connect(t, url), telOpts(tel, tracebridge.WithLogger(discardLogger()))...)
+	c := tnats.Wrap(connect(t, url), tel.Options(tracebridge.WithLogger(discardLogger()))...)
 	subj := unique(t, "panic")
 	var n atomic.Int32
 	sub, err := c.Subscribe(subj, func(ctx context.Context, m *natsgo.Msg) {
@@ -137,12 +137,12 @@ func TestCoreHandlerPanicIsRecordedAndSubscriptionSurvives(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, 5*time.Second, "both messages", func() bool { return len(spansNamed(tel, "process "+subj)) == 2 })
+	eventually(t, 5*time.Second, "both messages", func() bool { return len(tel.Named("process "+subj)) == 2 })
 	errs := 0
-	for _, s := range spansNamed(tel, "process "+subj) {
+	for _, s := range tel.Named("process " + subj) {
 		if s.Status().Code == codes.Error {
 			errs++
-			if v, _ := attr(s, "error.type"); v.AsString() != "panic" {
+			if v, _ := testenv.Attr(s, "error.type"); v.AsString() != "panic" {
 				t.Fatalf("error.type %q", v.AsString())
 			}
 		}

@@ -32,12 +32,12 @@ func TestFaultServerRestartMidStream(t *testing.T) {
 	st := fileStream(t, js, jetstream.StreamConfig{Name: subj, Subjects: []string{subj}, Storage: jetstream.FileStorage,
 		Duplicates: time.Minute})
 	cons := consumer(t, st, jetstream.ConsumerConfig{Durable: "c", AckWait: 2 * time.Second})
-	tjs := tnats.WrapJetStream(js, telOpts(tel)...)
+	tjs := tnats.WrapJetStream(js, tel.Options()...)
 
 	var mu sync.Mutex
 	acked := map[string]trace.TraceID{} // message ID → creation trace
 	handled := map[string]trace.TraceID{}
-	c := tnats.NewConsumer(js, cons, telOpts(tel)...)
+	c := tnats.NewConsumer(js, cons, tel.Options()...)
 	cc, err := c.Consume(func(ctx context.Context, m jetstream.Msg) error {
 		mu.Lock()
 		handled[string(m.Data())] = trace.SpanContextFromContext(ctx).TraceID()

@@ -15,9 +15,6 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
-
-	"github.com/tracebridge/tracebridge"
-	"github.com/tracebridge/tracebridge/internal/testenv"
 )
 
 // connect opens a connection to url that is closed after t.
@@ -75,30 +72,6 @@ func consumer(t testing.TB, s jetstream.Stream, cfg jetstream.ConsumerConfig) je
 		t.Fatalf("create consumer %s: %v", cfg.Durable, err)
 	}
 	return c
-}
-
-func telOpts(tel *testenv.Telemetry, more ...tracebridge.Option) []tracebridge.Option {
-	return append([]tracebridge.Option{tracebridge.WithTracerProvider(tel.TracerProvider),
-		tracebridge.WithMeterProvider(tel.MeterProvider)}, more...)
-}
-
-func attr(s sdktrace.ReadOnlySpan, k attribute.Key) (attribute.Value, bool) {
-	for _, a := range s.Attributes() {
-		if a.Key == k {
-			return a.Value, true
-		}
-	}
-	return attribute.Value{}, false
-}
-
-func spansNamed(tel *testenv.Telemetry, name string) []sdktrace.ReadOnlySpan {
-	var out []sdktrace.ReadOnlySpan
-	for _, s := range tel.Ended() {
-		if s.Name() == name {
-			out = append(out, s)
-		}
-	}
-	return out
 }
 
 func bySpanID(spans []sdktrace.ReadOnlySpan) map[trace.SpanID]sdktrace.ReadOnlySpan {

@@ -39,7 +39,7 @@ func newJS(t *testing.T) *jsEnv {
 	if e.js, err = jetstream.New(connect(t, url)); err != nil {
 		t.Fatal(err)
 	}
-	e.tjs = tnats.WrapJetStream(e.js, telOpts(e.tel)...)
+	e.tjs = tnats.WrapJetStream(e.js, e.tel.Options()...)
 	e.st = stream(t, e.js, jetstream.StreamConfig{Name: e.subj, Subjects: []string{e.subj}})
 	return e
 }
@@ -57,8 +57,8 @@ func (e *jsEnv) publish(t *testing.T, ctx context.Context, data string, hdr nats
 
 func attemptsOf(spans []sdktrace.ReadOnlySpan) []sdktrace.ReadOnlySpan {
 	slices.SortFunc(spans, func(a, b sdktrace.ReadOnlySpan) int {
-		x, _ := attr(a, msgtrace.AttemptKey)
-		y, _ := attr(b, msgtrace.AttemptKey)
+		x, _ := testenv.Attr(a, msgtrace.AttemptKey)
+		y, _ := testenv.Attr(b, msgtrace.AttemptKey)
 		return int(x.AsInt64() - y.AsInt64())
 	})
 	return spans
@@ -68,7 +68,7 @@ func TestRedeliveryLinksAttemptsWithBackoff(t *testing.T) {
 	e := newJS(t)
 	cons := consumer(t, e.st, jetstream.ConsumerConfig{Durable: "c", AckWait: 30 * time.Second})
 	const initial = 300 * time.Millisecond
-	c := tnats.NewConsumer(e.js, cons, telOpts(e.tel, tracebridge.WithRetry(5, initial, 2*time.Second))...)
+	c := tnats.NewConsumer(e.js, cons, e.tel.Options(tracebridge.WithRetry(5, initial, 2*time.Second))...)
 	m := e.publish(t, carrier.ContextWithSession(context.Background(), "retry-session"), "x", nil)
 
 	var calls atomic.Int32
@@ -82,24 +82,24 @@ func TestRedeliveryLinksAttemptsWithBackoff(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cc.Stop()
-	eventually(t, 20*time.Second, "three attempts", func() bool { return len(spansNamed(e.tel, "process "+e.subj)) == 3 })
+	eventually(t, 20*time.Second, "three attempts", func() bool { return len(e.tel.Named("process "+e.subj)) == 3 })
 
-	send := spansNamed(e.tel, "send "+e.subj)[0]
+	send := e.tel.Named("send " + e.subj)[0]
 	if tp := tnats.HeaderCarrier(m.Header).Get("traceparent"); tp != carrier.FormatTraceparent(send.SpanContext()) {
 		t.Fatalf("message traceparent %q is not the send span", tp)
 	}
-	spans := attemptsOf(spansNamed(e.tel, "process "+e.subj))
+	spans := attemptsOf(e.tel.Named("process " + e.subj))
 	for n, s := range spans {
-		if v, _ := attr(s, msgtrace.AttemptKey); v.AsInt64() != int64(n+1) {
+		if v, _ := testenv.Attr(s, msgtrace.AttemptKey); v.AsInt64() != int64(n+1) {
 			t.Fatalf("span %d attempt %d", n, v.AsInt64())
 		}
-		if v, _ := attr(s, tnats.DeliveredKey); v.AsInt64() != int64(n+1) {
+		if v, _ := testenv.Attr(s, tnats.DeliveredKey); v.AsInt64() != int64(n+1) {
 			t.Fatalf("span %d NumDelivered %d", n, v.AsInt64())
 		}
 		if s.Parent().SpanID() != send.SpanContext().SpanID() {
 			t.Fatalf("attempt %d is not parented on the send span", n+1)
 		}
-		if v, _ := attr(s, "session.id"); v.AsString() != "retry-session" {
+		if v, _ := testenv.Attr(s, "session.id"); v.AsString() != "retry-session" {
 			t.Fatalf("attempt %d session %q", n+1, v.AsString())
 		}
 		if s.Status().Code == codes.Error {
@@ -114,7 +114,7 @@ func TestRedeliveryLinksAttemptsWithBackoff(t *testing.T) {
 		}
 		// The delay drawn for the failed attempt is on its span, within
 		// the backoff's bounds, and the broker waited at least that long.
-		v, ok := attr(prev, msgtrace.RetryDelayKey)
+		v, ok := testenv.Attr(prev, msgtrace.RetryDelayKey)
 		if !ok {
 			t.Fatalf("attempt %d has no retry delay", n)
 		}
@@ -140,7 +140,7 @@ func TestMaxDeliverLandsInDeadLetterWithJourney(t *testing.T) {
 	e := newJS(t)
 	dlq, dst := dlqEnv(t, e)
 	cons := consumer(t, e.st, jetstream.ConsumerConfig{Durable: "c", MaxDeliver: 3, AckWait: 30 * time.Second})
-	c := tnats.NewConsumer(e.js, cons, telOpts(e.tel, tracebridge.WithRetry(10, 10*time.Millisecond, 50*time.Millisecond),
+	c := tnats.NewConsumer(e.js, cons, e.tel.Options(tracebridge.WithRetry(10, 10*time.Millisecond, 50*time.Millisecond),
 		tracebridge.WithDeadLetter(dlq), tracebridge.WithLogger(discardLogger()))...)
 	m := e.publish(t, carrier.ContextWithSession(context.Background(), "dlq-session"), "payload",
 		natsgo.Header{"X-Order": []string{"7"}})
@@ -153,8 +153,8 @@ func TestMaxDeliverLandsInDeadLetterWithJourney(t *testing.T) {
 	dl := readOne(t, e.js, dst)
 	// The final attempt's span ends after the term that follows the
 	// dead-letter publish.
-	eventually(t, 5*time.Second, "final attempt to end", func() bool { return len(spansNamed(e.tel, "process "+e.subj)) >= 3 })
-	spans := attemptsOf(spansNamed(e.tel, "process "+e.subj))
+	eventually(t, 5*time.Second, "final attempt to end", func() bool { return len(e.tel.Named("process "+e.subj)) >= 3 })
+	spans := attemptsOf(e.tel.Named("process " + e.subj))
 	if len(spans) != 3 {
 		t.Fatalf("%d attempts, want MaxDeliver=3", len(spans))
 	}
@@ -179,7 +179,7 @@ func TestMaxDeliverLandsInDeadLetterWithJourney(t *testing.T) {
 	if last.Status().Code != codes.Error {
 		t.Fatal("final attempt's status is not Error")
 	}
-	if v, _ := attr(last, msgtrace.RetryFinalKey); !v.AsBool() {
+	if v, _ := testenv.Attr(last, msgtrace.RetryFinalKey); !v.AsBool() {
 		t.Fatal("final attempt lacks tracebridge.retry.final=true")
 	}
 	if spans[0].Status().Code == codes.Error {
@@ -188,8 +188,8 @@ func TestMaxDeliverLandsInDeadLetterWithJourney(t *testing.T) {
 	if !hasSettle(last, "term") {
 		t.Fatalf("final attempt was not termed: %v", last.Events())
 	}
-	eventually(t, 5*time.Second, "dead-letter send span", func() bool { return len(spansNamed(e.tel, "send "+dlq)) == 1 })
-	dsend := spansNamed(e.tel, "send "+dlq)[0]
+	eventually(t, 5*time.Second, "dead-letter send span", func() bool { return len(e.tel.Named("send "+dlq)) == 1 })
+	dsend := e.tel.Named("send " + dlq)[0]
 	if dsend.Parent().SpanID() != last.SpanContext().SpanID() {
 		t.Fatal("dead-letter publish is not a child of the final attempt")
 	}
@@ -203,7 +203,7 @@ func TestPermanentErrorSkipsRetries(t *testing.T) {
 	e := newJS(t)
 	dlq, dst := dlqEnv(t, e)
 	cons := consumer(t, e.st, jetstream.ConsumerConfig{Durable: "c"})
-	c := tnats.NewConsumer(e.js, cons, telOpts(e.tel, tracebridge.WithDeadLetter(dlq), tracebridge.WithLogger(discardLogger()))...)
+	c := tnats.NewConsumer(e.js, cons, e.tel.Options(tracebridge.WithDeadLetter(dlq), tracebridge.WithLogger(discardLogger()))...)
 	e.publish(t, context.Background(), "bad", nil)
 	cc, err := c.Consume(func(ctx context.Context, msg jetstream.Msg) error {
 		return tracebridge.Permanent(errors.New("undecodable"))
@@ -213,11 +213,11 @@ func TestPermanentErrorSkipsRetries(t *testing.T) {
 	}
 	defer cc.Stop()
 	dl := readOne(t, e.js, dst)
-	eventually(t, 5*time.Second, "attempt to end", func() bool { return len(spansNamed(e.tel, "process "+e.subj)) >= 1 })
+	eventually(t, 5*time.Second, "attempt to end", func() bool { return len(e.tel.Named("process "+e.subj)) >= 1 })
 	if got := dl.Headers().Get("dead-letter-attempts"); got != "1" {
 		t.Fatalf("dead-letter-attempts %q, want 1", got)
 	}
-	if n := len(spansNamed(e.tel, "process "+e.subj)); n != 1 {
+	if n := len(e.tel.Named("process " + e.subj)); n != 1 {
 		t.Fatalf("%d attempts for a permanent error", n)
 	}
 }
@@ -226,7 +226,7 @@ func TestDeadLetterPublishFailureNaksInsteadOfTerm(t *testing.T) {
 	e := newJS(t)
 	cons := consumer(t, e.st, jetstream.ConsumerConfig{Durable: "c", MaxDeliver: 1})
 	// No stream listens on the dead-letter subject: the publish fails.
-	c := tnats.NewConsumer(e.js, cons, telOpts(e.tel, tracebridge.WithDeadLetter(unique(t, "nowhere")),
+	c := tnats.NewConsumer(e.js, cons, e.tel.Options(tracebridge.WithDeadLetter(unique(t, "nowhere")),
 		tracebridge.WithLogger(discardLogger()))...)
 	e.publish(t, context.Background(), "x", nil)
 	msg, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
@@ -239,7 +239,7 @@ func TestDeadLetterPublishFailureNaksInsteadOfTerm(t *testing.T) {
 	if herr == nil {
 		t.Fatal("Handle returned nil though the dead letter could not be published")
 	}
-	s := spansNamed(e.tel, "process "+e.subj)[0]
+	s := e.tel.Named("process " + e.subj)[0]
 	if hasSettle(s, "term") || !hasSettle(s, "nak") {
 		t.Fatalf("want nak and no term after a failed dead-letter publish: %v", s.Events())
 	}
@@ -280,7 +280,7 @@ func readOne(t *testing.T, js jetstream.JetStream, st jetstream.Stream) jetstrea
 func TestFetchBatchOneSpanWithLinkPerMessage(t *testing.T) {
 	e := newJS(t)
 	cons := consumer(t, e.st, jetstream.ConsumerConfig{Durable: "c"})
-	c := tnats.NewConsumer(e.js, cons, telOpts(e.tel)...)
+	c := tnats.NewConsumer(e.js, cons, e.tel.Options()...)
 	for i := range 5 {
 		e.publish(t, carrier.ContextWithSession(context.Background(), "s"+strconv.Itoa(i)), strconv.Itoa(i), nil)
 	}
@@ -297,14 +297,14 @@ func TestFetchBatchOneSpanWithLinkPerMessage(t *testing.T) {
 	if !slices.Equal(sessions, []string{"s0", "s1", "s2", "s3", "s4"}) {
 		t.Fatalf("per-message sessions %v", sessions)
 	}
-	procs := spansNamed(e.tel, "process "+e.subj)
+	procs := e.tel.Named("process " + e.subj)
 	if len(procs) != 1 {
 		t.Fatalf("%d process spans, want 1", len(procs))
 	}
-	if v, _ := attr(procs[0], "messaging.batch.message_count"); v.AsInt64() != 5 {
+	if v, _ := testenv.Attr(procs[0], "messaging.batch.message_count"); v.AsInt64() != 5 {
 		t.Fatalf("batch count %d", v.AsInt64())
 	}
-	for _, s := range spansNamed(e.tel, "send "+e.subj) {
+	for _, s := range e.tel.Named("send " + e.subj) {
 		if !hasLink(procs[0], s.SpanContext().SpanID(), "batch_message") {
 			t.Fatalf("batch span lacks a link to %v", s.SpanContext().SpanID())
 		}
@@ -318,7 +318,7 @@ func TestFetchBatchOneSpanWithLinkPerMessage(t *testing.T) {
 func TestMessagesAndFetchAckAndParent(t *testing.T) {
 	e := newJS(t)
 	cons := consumer(t, e.st, jetstream.ConsumerConfig{Durable: "c"})
-	c := tnats.NewConsumer(e.js, cons, telOpts(e.tel, tracebridge.WithConcurrency(3))...)
+	c := tnats.NewConsumer(e.js, cons, e.tel.Options(tracebridge.WithConcurrency(3))...)
 	for i := range 10 {
 		e.publish(t, context.Background(), strconv.Itoa(i), nil)
 	}
@@ -348,8 +348,8 @@ func TestMessagesAndFetchAckAndParent(t *testing.T) {
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Fatalf("Messages returned %v, want context.Canceled", err)
 	}
-	sends := bySpanID(spansNamed(e.tel, "send "+e.subj))
-	for _, p := range spansNamed(e.tel, "process "+e.subj) {
+	sends := bySpanID(e.tel.Named("send " + e.subj))
+	for _, p := range e.tel.Named("process " + e.subj) {
 		if _, ok := sends[p.Parent().SpanID()]; !ok {
 			t.Fatal("process span not parented on a send span")
 		}

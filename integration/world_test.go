@@ -79,6 +79,9 @@ type worldConfig struct {
 	// reconnectWait is how long the RabbitMQ publisher waits for a
 	// reconnect before it fails a publish.
 	reconnectWait time.Duration
+	// exclusiveAMQP takes RabbitMQ for this test alone, for tests that
+	// stop the node.
+	exclusiveAMQP bool
 }
 
 // world is one run of the whole pipeline on real brokers, with unique
@@ -136,7 +139,7 @@ func newWorld(t *testing.T, cfg worldConfig) *world {
 	id := fmt.Sprintf("tbi-%s-%d", runID, nameSeq.Add(1))
 	w := &world{
 		t: t, cfg: cfg, tel: testenv.NewTelemetry(t),
-		kafkaAddrs: testenv.Kafka(t), amqpURL: testenv.AMQP(t), natsURL: testenv.NATS(t),
+		kafkaAddrs: testenv.Kafka(t), natsURL: testenv.NATS(t),
 		topic: id, dlqTopic: id + "-dlq", group: id + "-g",
 		queue: id, dlqQueue: id + ".dlq",
 		subj: id + ".work", dlqSubj: id + ".dlq",
@@ -145,6 +148,11 @@ func newWorld(t *testing.T, cfg worldConfig) *world {
 		journeys:        map[string]*journey{},
 		deadJobs:        map[string]*jobs.Job{},
 		deadJobSessions: map[string]string{},
+	}
+	if cfg.exclusiveAMQP {
+		w.amqpURL = testenv.ExclusiveAMQP(t)
+	} else {
+		w.amqpURL = testenv.AMQP(t)
 	}
 	w.tb = []tracebridge.Option{tracebridge.WithTracerProvider(w.tel.TracerProvider),
 		tracebridge.WithMeterProvider(w.tel.MeterProvider)}

@@ -652,8 +652,8 @@ type chainReport struct {
 // that every span is on the expected trace, and that process spans carry
 // the journey's session. arrive[h] says how hop h attaches to hop h-1 (the
 // edge for Kafka).
-func (w *world) checkChain(j *journey, all map[trace.SpanID]sdktrace.ReadOnlySpan, arrive [numHops]arrival) chainReport {
-	var r chainReport
+func (w *world) checkChain(j *journey, all map[trace.SpanID]sdktrace.ReadOnlySpan, arrive [numHops]arrival) (r chainReport) {
+	// r is named so that the deferred accounting below reaches the caller.
 	edge := func(ok bool, format string, a ...any) bool {
 		r.links++
 		if !ok {

@@ -3,7 +3,6 @@ package msgtrace
 import (
 	"context"
 
-	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 )
 
@@ -43,13 +42,16 @@ func NewMetrics(m metric.Meter) *Metrics {
 	return &x
 }
 
-// enabled reports whether any of the instruments records, so the hot path
-// can skip building attributes when no SDK is installed.
-func (x *Metrics) enabled(ctx context.Context) bool {
+// producerEnabled reports whether a producer operation has anything to
+// record, so the hot path can skip the clock and attributes when no SDK is
+// installed.
+func (x *Metrics) producerEnabled(ctx context.Context) bool {
 	return x.OperationDuration != nil && x.OperationDuration.Enabled(ctx) ||
-		x.ProcessDuration != nil && x.ProcessDuration.Enabled(ctx)
+		x.Sent != nil && x.Sent.Enabled(ctx)
 }
 
-func attrOpt(attrs []attribute.KeyValue) metric.MeasurementOption {
-	return metric.WithAttributeSet(attribute.NewSet(attrs...))
+// processEnabled is producerEnabled for process spans.
+func (x *Metrics) processEnabled(ctx context.Context) bool {
+	return x.ProcessDuration != nil && x.ProcessDuration.Enabled(ctx) ||
+		x.Consumed != nil && x.Consumed.Enabled(ctx)
 }

@@ -43,9 +43,9 @@ type Process struct {
 	Attempt  int
 	Creation trace.SpanContext // the message's creation context, if any
 	t        *Tracer
-	start    time.Time
+	start    time.Time // zero when the metrics do not record
 	identity string
-	dest     string
+	e        *spanEntry
 	ended    bool
 }
 
@@ -82,37 +82,47 @@ func (t *Tracer) StartProcess(ctx context.Context, d Delivery) (context.Context,
 		}
 	}
 
-	links := make([]trace.Link, 0, 3)
 	parentOnCreation := creation.IsValid() && trusted && t.parentOnCreation(d.PublishedAt)
-	if creation.IsValid() && !parentOnCreation {
-		links = append(links, link(creation, LinkCreation))
-	}
-	if ambient.IsValid() {
-		links = append(links, link(ambient, LinkAmbient))
-	}
-	if prev.IsValid() {
-		links = append(links, link(prev, LinkPreviousAttempt))
+	var links []trace.Link
+	if n := b2i(creation.IsValid() && !parentOnCreation) + b2i(ambient.IsValid()) + b2i(prev.IsValid()); n > 0 {
+		links = make([]trace.Link, 0, n)
+		if creation.IsValid() && !parentOnCreation {
+			links = append(links, link(creation, LinkCreation))
+		}
+		if ambient.IsValid() {
+			links = append(links, link(ambient, LinkAmbient))
+		}
+		if prev.IsValid() {
+			links = append(links, link(prev, LinkPreviousAttempt))
+		}
 	}
 
-	attrs := append(t.attrs("process", semconv.MessagingOperationTypeProcess, &d.Message, 2), AttemptKey.Int(attempt))
-	if s := carrier.SessionFromContext(ctx); s != "" {
-		attrs = append(attrs, SessionIDKey.String(s))
-	}
-	opts := []trace.SpanStartOption{
-		trace.WithSpanKind(trace.SpanKindConsumer),
-		trace.WithAttributes(attrs...),
-		trace.WithLinks(links...),
+	e := t.entry("process", semconv.MessagingOperationTypeProcess, trace.SpanKindConsumer, &d.Message)
+	opts := make([]trace.SpanStartOption, 0, len(e.opts)+3)
+	opts = append(opts, e.opts...)
+	opts = append(opts, attemptOpt(attempt))
+	if links != nil {
+		opts = append(opts, trace.WithLinks(links...))
 	}
 	if !parentOnCreation {
-		opts = append(opts, trace.WithNewRoot())
+		opts = append(opts, newRootOpt)
 	}
-	ctx, span := t.tracer.Start(ctx, spanName("process", &d.Message), opts...)
-	if t.metrics.Consumed.Enabled(ctx) {
-		t.metrics.Consumed.Add(ctx, 1, attrOpt([]attribute.KeyValue{t.sysAttr,
-			semconv.MessagingOperationName("process"), semconv.MessagingDestinationName(d.Destination)}))
+	ctx, span := t.tracer.Start(ctx, e.name, opts...)
+	sessionAttr(ctx, span, &d.Message)
+	var start time.Time
+	if t.metrics.processEnabled(ctx) {
+		start = time.Now()
+		t.metrics.Consumed.Add(ctx, 1, e.ok)
 	}
 	return ctx, &Process{Span: span, Attempt: attempt, Creation: creation, t: t,
-		start: time.Now(), identity: d.Identity, dest: d.Destination}
+		start: start, identity: d.Identity, e: e}
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func (t *Tracer) parentOnCreation(published time.Time) bool {
@@ -126,7 +136,7 @@ func (t *Tracer) parentOnCreation(published time.Time) bool {
 }
 
 func link(sc trace.SpanContext, kind string) trace.Link {
-	return trace.Link{SpanContext: sc, Attributes: []attribute.KeyValue{LinkTypeKey.String(kind)}}
+	return trace.Link{SpanContext: sc, Attributes: linkAttrs[kind]}
 }
 
 // Final reports whether a failure on this attempt is the last one: the
@@ -139,12 +149,15 @@ func (p *Process) Final(err error) bool {
 // outcome: an event on the process span, or a span of its own with
 // WithSettleSpans.
 func (p *Process) Settle(ctx context.Context, op string, err error) {
+	if !p.t.SettleSpans && !p.Span.IsRecording() {
+		return
+	}
 	attrs := []attribute.KeyValue{semconv.MessagingOperationName(op), semconv.MessagingOperationTypeSettle}
 	if err != nil {
 		attrs = append(attrs, semconv.ErrorTypeKey.String(ErrorType(err)))
 	}
 	if p.t.SettleSpans {
-		_, s := p.t.tracer.Start(trace.ContextWithSpan(ctx, p.Span), op+" "+p.dest,
+		_, s := p.t.tracer.Start(trace.ContextWithSpan(ctx, p.Span), op+" "+p.e.dest,
 			trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(append(attrs, p.t.sysAttr)...))
 		if err != nil {
 			RecordError(s, err, true)
@@ -166,7 +179,9 @@ func (p *Process) End(ctx context.Context, err error, final bool) {
 	p.ended = true
 	if err != nil {
 		RecordError(p.Span, err, final || p.t.ErrorOnEveryAttempt)
-		p.Span.SetAttributes(RetryFinalKey.Bool(final))
+		if p.Span.IsRecording() {
+			p.Span.SetAttributes(RetryFinalKey.Bool(final))
+		}
 		if final {
 			p.t.attempts.Forget(p.identity)
 			p.t.metrics.DeadLetters.Add(ctx, 1)
@@ -178,12 +193,8 @@ func (p *Process) End(ctx context.Context, err error, final bool) {
 		p.t.attempts.Forget(p.identity)
 	}
 	p.Span.End()
-	if p.t.metrics.ProcessDuration.Enabled(ctx) {
-		attrs := []attribute.KeyValue{p.t.sysAttr, semconv.MessagingOperationName("process"), semconv.MessagingDestinationName(p.dest)}
-		if err != nil {
-			attrs = append(attrs, semconv.ErrorTypeKey.String(ErrorType(err)))
-		}
-		p.t.metrics.ProcessDuration.Record(ctx, time.Since(p.start).Seconds(), attrOpt(attrs))
+	if !p.start.IsZero() {
+		p.t.metrics.ProcessDuration.Record(ctx, time.Since(p.start).Seconds(), p.e.metricOpt(err))
 	}
 }
 
@@ -211,13 +222,15 @@ func (t *Tracer) StartBatchProcess(ctx context.Context, m Message, carriers []pr
 			links = append(links, link(sc, LinkBatchMessage))
 		}
 	}
-	attrs := append(t.attrs("process", semconv.MessagingOperationTypeProcess, &m, 1),
-		semconv.MessagingBatchMessageCount(len(carriers)))
-	ctx, span := t.tracer.Start(ctx, spanName("process", &m), trace.WithNewRoot(),
-		trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(attrs...), trace.WithLinks(links...))
-	if t.metrics.Consumed.Enabled(ctx) {
-		t.metrics.Consumed.Add(ctx, int64(len(carriers)), attrOpt([]attribute.KeyValue{t.sysAttr,
-			semconv.MessagingOperationName("process"), semconv.MessagingDestinationName(m.Destination)}))
+	e := t.entry("process", semconv.MessagingOperationTypeProcess, trace.SpanKindConsumer, &m)
+	opts := append(e.opts[:len(e.opts):len(e.opts)], newRootOpt,
+		trace.WithAttributes(semconv.MessagingBatchMessageCount(len(carriers))), trace.WithLinks(links...))
+	ctx, span := t.tracer.Start(ctx, e.name, opts...)
+	setRecorded(span, &m)
+	var start time.Time
+	if t.metrics.processEnabled(ctx) {
+		start = time.Now()
+		t.metrics.Consumed.Add(ctx, int64(len(carriers)), e.ok)
 	}
-	return ctx, &Process{Span: span, Attempt: 1, t: t, start: time.Now(), dest: m.Destination}
+	return ctx, &Process{Span: span, Attempt: 1, t: t, start: start, e: e}
 }

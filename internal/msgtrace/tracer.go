@@ -49,6 +49,7 @@ type Tracer struct {
 	carrier  *carrier.Propagator // retry and dead-letter headers
 	attempts *Attempts
 	sysAttr  attribute.KeyValue
+	spans    spanCache
 }
 
 // New resolves opts for a front end of the given messaging.system.
@@ -94,15 +95,13 @@ type Message struct {
 	Attrs []attribute.KeyValue
 }
 
-func (t *Tracer) attrs(op string, opType attribute.KeyValue, m *Message, extra int) []attribute.KeyValue {
-	a := make([]attribute.KeyValue, 0, 10+len(m.Attrs)+extra)
-	a = append(a, t.sysAttr, opType, semconv.MessagingOperationName(op))
-	if m.Destination != "" {
-		a = append(a, semconv.MessagingDestinationName(m.Destination))
+// setRecorded adds what the span does not get at start (see spancache.go)
+// when, and only when, the span records.
+func setRecorded(span trace.Span, m *Message, more ...attribute.KeyValue) {
+	if !span.IsRecording() {
+		return
 	}
-	if m.DestinationTemplate != "" {
-		a = append(a, semconv.MessagingDestinationTemplate(m.DestinationTemplate))
-	}
+	a := make([]attribute.KeyValue, 0, 4+len(m.Attrs)+len(more))
 	if m.Partition != "" {
 		a = append(a, semconv.MessagingDestinationPartitionID(m.Partition))
 	}
@@ -112,27 +111,31 @@ func (t *Tracer) attrs(op string, opType attribute.KeyValue, m *Message, extra i
 	if m.BodySize >= 0 {
 		a = append(a, semconv.MessagingMessageBodySize(m.BodySize))
 	}
-	if m.ConsumerGroup != "" {
-		a = append(a, semconv.MessagingConsumerGroupName(m.ConsumerGroup))
+	a = append(a, m.Attrs...)
+	span.SetAttributes(append(a, more...)...)
+}
+
+// sessionAttr is session.id for a recording span whose context carries one.
+func sessionAttr(ctx context.Context, span trace.Span, m *Message) {
+	if !span.IsRecording() {
+		return
 	}
-	if m.ServerAddress != "" {
-		a = append(a, semconv.ServerAddress(m.ServerAddress))
-		if m.ServerPort > 0 {
-			a = append(a, semconv.ServerPort(m.ServerPort))
-		}
+	if s := carrier.SessionFromContext(ctx); s != "" {
+		setRecorded(span, m, SessionIDKey.String(s))
+		return
 	}
-	return append(a, m.Attrs...)
+	setRecorded(span, m)
 }
 
 // spanName follows semconv: "{operation} {destination}", or the operation
 // alone when there is no destination (a template is preferred, because it
 // keeps span names low-cardinality for wildcard subscriptions).
-func spanName(op string, m *Message) string {
+func spanName(op, dest, tmpl string) string {
 	switch {
-	case m.DestinationTemplate != "":
-		return op + " " + m.DestinationTemplate
-	case m.Destination != "":
-		return op + " " + m.Destination
+	case tmpl != "":
+		return op + " " + tmpl
+	case dest != "":
+		return op + " " + dest
 	}
 	return op
 }
@@ -141,9 +144,8 @@ func spanName(op string, m *Message) string {
 type Op struct {
 	Span  trace.Span
 	t     *Tracer
-	start time.Time
-	op    string
-	dest  string
+	e     *spanEntry
+	start time.Time // zero when the metrics do not record
 	count int
 }
 
@@ -157,17 +159,24 @@ func (o Op) End(ctx context.Context, err error) {
 		RecordError(o.Span, err, true)
 	}
 	o.Span.End()
-	if o.t.metrics.enabled(ctx) || o.t.metrics.Sent.Enabled(ctx) {
-		attrs := []attribute.KeyValue{o.t.sysAttr, semconv.MessagingOperationName(o.op), semconv.MessagingDestinationName(o.dest)}
-		if err != nil {
-			attrs = append(attrs, semconv.ErrorTypeKey.String(ErrorType(err)))
-		}
-		opt := attrOpt(attrs)
-		o.t.metrics.OperationDuration.Record(ctx, time.Since(o.start).Seconds(), opt)
-		if o.op == "send" || o.op == "publish" {
-			o.t.metrics.Sent.Add(ctx, int64(o.count), opt)
-		}
+	if o.start.IsZero() {
+		return
 	}
+	opt := o.e.metricOpt(err)
+	o.t.metrics.OperationDuration.Record(ctx, time.Since(o.start).Seconds(), opt)
+	if o.e.op == "send" || o.e.op == "publish" {
+		o.t.metrics.Sent.Add(ctx, int64(o.count), opt)
+	}
+}
+
+// opStart is the start time an Op measures from, or zero when none of the
+// producer instruments records: asking once per operation spares the clock
+// read and every attribute of an uninstrumented process.
+func (t *Tracer) opStart(ctx context.Context) time.Time {
+	if t.metrics.producerEnabled(ctx) {
+		return time.Now()
+	}
+	return time.Time{}
 }
 
 // HasTraceparent reports whether c already carries a valid creation context,
@@ -191,23 +200,19 @@ func (t *Tracer) StartCreate(ctx context.Context, c propagation.TextMapCarrier, 
 }
 
 func (t *Tracer) startProducer(ctx context.Context, c propagation.TextMapCarrier, m Message, op string, opType attribute.KeyValue) (context.Context, Op) {
-	opts := []trace.SpanStartOption{
-		trace.WithSpanKind(trace.SpanKindProducer),
-		trace.WithAttributes(t.attrs(op, opType, &m, 1)...),
-	}
+	e := t.entry(op, opType, trace.SpanKindProducer, &m)
+	opts := e.opts
 	fwd, forwarding := t.HasTraceparent(c)
 	if forwarding {
-		opts = append(opts, trace.WithLinks(trace.Link{SpanContext: fwd,
-			Attributes: []attribute.KeyValue{LinkTypeKey.String(LinkCreation)}}))
+		opts = append(opts[:len(opts):len(opts)], trace.WithLinks(trace.Link{SpanContext: fwd,
+			Attributes: linkAttrs[LinkCreation]}))
 	}
-	if s := carrier.SessionFromContext(ctx); s != "" {
-		opts = append(opts, trace.WithAttributes(SessionIDKey.String(s)))
-	}
-	ctx, span := t.tracer.Start(ctx, spanName(op, &m), opts...)
+	ctx, span := t.tracer.Start(ctx, e.name, opts...)
+	sessionAttr(ctx, span, &m)
 	if !forwarding {
 		t.Propagator.Inject(ctx, c)
 	}
-	return ctx, Op{Span: span, t: t, start: time.Now(), op: op, dest: m.Destination, count: 1}
+	return ctx, Op{Span: span, t: t, e: e, start: t.opStart(ctx), count: 1}
 }
 
 // StartBatchSend starts the CLIENT "send" span of a batch, linking to each
@@ -216,24 +221,25 @@ func (t *Tracer) StartBatchSend(ctx context.Context, m Message, creations []trac
 	links := make([]trace.Link, 0, len(creations))
 	for _, sc := range creations {
 		if sc.IsValid() {
-			links = append(links, trace.Link{SpanContext: sc,
-				Attributes: []attribute.KeyValue{LinkTypeKey.String(LinkBatchMessage)}})
+			links = append(links, trace.Link{SpanContext: sc, Attributes: linkAttrs[LinkBatchMessage]})
 		}
 	}
-	attrs := append(t.attrs("send", semconv.MessagingOperationTypeSend, &m, 1),
-		semconv.MessagingBatchMessageCount(len(creations)))
-	ctx, span := t.tracer.Start(ctx, spanName("send", &m),
-		trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attrs...), trace.WithLinks(links...))
-	return ctx, Op{Span: span, t: t, start: time.Now(), op: "send", dest: m.Destination, count: len(creations)}
+	e := t.entry("send", semconv.MessagingOperationTypeSend, trace.SpanKindClient, &m)
+	opts := append(e.opts[:len(e.opts):len(e.opts)],
+		trace.WithAttributes(semconv.MessagingBatchMessageCount(len(creations))), trace.WithLinks(links...))
+	ctx, span := t.tracer.Start(ctx, e.name, opts...)
+	setRecorded(span, &m)
+	return ctx, Op{Span: span, t: t, e: e, start: t.opStart(ctx), count: len(creations)}
 }
 
 // StartClient starts a CLIENT span for an operation such as a request-reply
 // round trip, injecting its context into c.
 func (t *Tracer) StartClient(ctx context.Context, c propagation.TextMapCarrier, op string, m Message) (context.Context, Op) {
-	ctx, span := t.tracer.Start(ctx, spanName(op, &m), trace.WithSpanKind(trace.SpanKindClient),
-		trace.WithAttributes(t.attrs(op, semconv.MessagingOperationTypeSend, &m, 0)...))
+	e := t.entry(op, semconv.MessagingOperationTypeSend, trace.SpanKindClient, &m)
+	ctx, span := t.tracer.Start(ctx, e.name, e.opts...)
+	setRecorded(span, &m)
 	t.Propagator.Inject(ctx, c)
-	return ctx, Op{Span: span, t: t, start: time.Now(), op: op, dest: m.Destination, count: 1}
+	return ctx, Op{Span: span, t: t, e: e, start: t.opStart(ctx), count: 1}
 }
 
 // Inject writes the journey in ctx into c, for headers the front end builds
@@ -271,6 +277,11 @@ func ErrorType(err error) string {
 // RecordError records err as an exception event with error.type, and sets
 // status Error when final. A panic's stack goes into exception.stacktrace.
 func RecordError(span trace.Span, err error, final bool) {
+	if !span.IsRecording() {
+		// A span that does not record ignores all of this; building the
+		// options would cost allocations for nothing.
+		return
+	}
 	opts := []trace.EventOption{trace.WithAttributes(semconv.ErrorTypeKey.String(ErrorType(err)))}
 	if p, ok := err.(*PanicError); ok {
 		opts = append(opts, trace.WithAttributes(semconv.ExceptionStacktrace(string(p.Stack))))

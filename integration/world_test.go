@@ -675,8 +675,11 @@ func (w *world) checkChain(j *journey, all map[trace.SpanID]sdktrace.ReadOnlySpa
 		}
 	}()
 
+	// Any attempt of a hop may have forwarded: an attempt whose publish
+	// reached the broker but whose confirm was lost to a restart fails and
+	// is retried, and both copies travel on (at least once).
 	ok := func(h hop, sc trace.SpanContext) bool {
-		for _, s := range j.successes[h] {
+		for _, s := range j.tries[h] {
 			if s.SpanID() == sc.SpanID() {
 				return true
 			}
@@ -691,7 +694,7 @@ func (w *world) checkChain(j *journey, all map[trace.SpanID]sdktrace.ReadOnlySpa
 	traceID := cur.SpanContext().TraceID()
 	for h := hopJob; h >= hopKafka; h-- {
 		if cur == nil || !ok(h, cur.SpanContext()) {
-			edge(false, "%s hop: no process span of a successful attempt", h)
+			edge(false, "%s hop: no process span of an attempt", h)
 			return r
 		}
 		if cur.SpanKind() != trace.SpanKindConsumer || cur.Name() != "process "+w.dest(h) {

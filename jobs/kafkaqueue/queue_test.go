@@ -1,0 +1,54 @@
+package kafkaqueue_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	kafkago "github.com/segmentio/kafka-go"
+
+	"github.com/tracebridge/tracebridge/internal/testenv"
+	"github.com/tracebridge/tracebridge/jobs"
+	"github.com/tracebridge/tracebridge/jobs/internal/queuetest"
+	"github.com/tracebridge/tracebridge/jobs/kafkaqueue"
+)
+
+const sessionTimeout = 6 * time.Second
+
+// TestQueue runs the broker-queue suite on Kafka (an embedded kfake
+// cluster unless KAFKA_BROKERS names one, shared with the worker
+// subprocess): a second process continues the journey, a killed worker's
+// uncommitted jobs go to another group member, retries keep their links.
+func TestQueue(t *testing.T) {
+	brokers := testenv.Kafka(t)
+	b := queuetest.Broker{
+		Open: func(t testing.TB, name string) jobs.Queue {
+			q, err := kafkaqueue.New(kafkaqueue.Config{Brokers: brokers, Topic: name, SessionTimeout: sessionTimeout})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = q.Close() })
+			return q
+		},
+		Remove: func(t testing.TB, name string) {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			c, err := kafkago.DialContext(ctx, "tcp", brokers[0])
+			if err != nil {
+				t.Fatalf("dial %s: %v", brokers[0], err)
+			}
+			defer c.Close()
+			if err := c.DeleteTopics(name); err != nil {
+				t.Errorf("delete topic %q: %v", name, err)
+			}
+		},
+		Env:        []string{"KAFKA_BROKERS=" + strings.Join(brokers, ",")},
+		Redelivery: sessionTimeout,
+	}
+	if queuetest.Child(t, b) {
+		return
+	}
+	queuetest.Run(t, b, fmt.Sprintf("tbjobs-%d", time.Now().UnixNano()))
+}

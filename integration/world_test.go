@@ -756,7 +756,7 @@ func (w *world) checkChain(j *journey, all map[trace.SpanID]sdktrace.ReadOnlySpa
 func attrString(s sdktrace.ReadOnlySpan, key string) string {
 	for _, a := range s.Attributes() {
 		if string(a.Key) == key {
-			return a.Value.Emit()
+			return a.Value.String()
 		}
 	}
 	return ""

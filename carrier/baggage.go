@@ -122,12 +122,15 @@ type bagList struct {
 	bytes int
 }
 
-func (l *bagList) add(m bagMember) {
+// with returns l with m appended. It takes and returns l by value: an
+// append through a pointer would move the caller's stack buffer to the heap.
+func (l bagList) with(m bagMember) bagList {
 	if len(l.m) > 0 {
 		l.bytes++ // comma
 	}
 	l.bytes += m.size
 	l.m = append(l.m, m)
+	return l
 }
 
 func (l *bagList) index(key string) int {
@@ -179,7 +182,7 @@ func parseBaggageField(l bagList, field string, keep func(string) bool, drop *dr
 			drop.add(dropTooLarge)
 			continue
 		}
-		l.add(m)
+		l = l.with(m)
 	}
 	return l
 }
@@ -346,19 +349,32 @@ func baggageValueLen(v string) int {
 }
 
 // toBaggage builds OpenTelemetry baggage from the parsed members.
-func (l *bagList) toBaggage() baggage.Baggage {
-	if len(l.m) == 0 {
-		return baggage.Baggage{}
-	}
+func toBaggage(ms []bagMember) baggage.Baggage { return buildBaggage(ms, -1, "") }
+
+// buildBaggage builds OpenTelemetry baggage from ms without ms[skip], plus
+// the member session.id=sess when sess is not empty. The limits were applied
+// while parsing.
+func buildBaggage(ms []bagMember, skip int, sess string) baggage.Baggage {
 	var buf [8]baggage.Member
 	members := buf[:0]
-	for _, m := range l.m {
-		bm, err := baggage.NewMemberRaw(m.key, m.value, m.props...)
+	for i := range ms {
+		if i == skip {
+			continue
+		}
+		bm, err := baggage.NewMemberRaw(ms[i].key, ms[i].value, ms[i].props...)
 		if err != nil {
 			continue
 		}
 		members = append(members, bm)
 	}
-	b, _ := baggage.New(members...) // limits were applied while parsing
+	if sess != "" {
+		if bm, err := baggage.NewMemberRaw(BaggageSessionKey, sess); err == nil {
+			members = append(members, bm)
+		}
+	}
+	if len(members) == 0 {
+		return baggage.Baggage{}
+	}
+	b, _ := baggage.New(members...)
 	return b
 }

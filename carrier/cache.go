@@ -79,6 +79,14 @@ func (c *parseCache[V]) put(key string, h uint64, v V) {
 	if len(key) > maxCachedLen || !c.admit(h) {
 		return
 	}
+	c.store(key, h, v)
+}
+
+// store is put for a value that admit already let in.
+func (c *parseCache[V]) store(key string, h uint64, v V) {
+	if len(key) > maxCachedLen {
+		return
+	}
 	s := &c.shards[h%cacheShards]
 	s.mu.Lock()
 	if s.m == nil {

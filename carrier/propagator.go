@@ -283,17 +283,25 @@ func (p *Propagator) appendBaggage(dst []byte, members []baggage.Member, sess st
 
 // incoming is what Extract read from a carrier. For a ByteCarrier the
 // strings are views of the carrier's bytes (borrowed): Extract may read them,
-// and looks them up in its caches without copying, but must clone whatever it
-// keeps, because the caller may reuse the message's memory afterwards.
+// and looks them up in its caches without copying, but must own whatever it
+// keeps (see ownFields), because the caller may reuse the message's memory
+// afterwards.
 type incoming struct {
 	traceparent      string
 	traceparentBytes []byte
 	traceparents     int
-	tracestate       []string
-	baggage          []string
 	session          string
 	borrowed         bool
-	tsBuf, bagBuf    [4]string
+}
+
+// fieldLists holds the tracestate and baggage fields of a message. They start
+// in arrays on Extract's frame. Escape analysis does not tell a struct's
+// fields apart, and incoming's strings escape (into caches and contexts), so
+// the lists live in a struct of their own, passed by value or by a pointer
+// that is never stored, to stay on the stack.
+type fieldLists struct {
+	tracestate, baggage []string
+	tsOwned, bagOwned   bool
 }
 
 // own returns s in memory that Extract may keep.
@@ -304,21 +312,62 @@ func (in *incoming) own(s string) string {
 	return s
 }
 
-func (p *Propagator) read(c propagation.TextMapCarrier, in *incoming) {
-	in.tracestate, in.baggage = in.tsBuf[:0], in.bagBuf[:0]
+// ownFields copies the tracestate (ts) and baggage (bag) fields out of a
+// borrowed carrier. A message that misses the cache usually misses it for
+// both, so they share one allocation. The copy is never written again,
+// which is what lets the strings share it.
+func (in *fieldLists) ownFields(borrowed, ts, bag bool) {
+	if !borrowed {
+		return
+	}
+	ts = ts && !in.tsOwned
+	bag = bag && !in.bagOwned
+	n := 0
+	if ts {
+		for _, f := range in.tracestate {
+			n += len(f)
+		}
+	}
+	if bag {
+		for _, f := range in.baggage {
+			n += len(f)
+		}
+	}
+	in.tsOwned = in.tsOwned || ts
+	in.bagOwned = in.bagOwned || bag
+	if n == 0 {
+		return
+	}
+	b := make([]byte, n)
+	all := unsafe.String(unsafe.SliceData(b), n)
+	off := 0
+	if ts {
+		for i, f := range in.tracestate {
+			off += copy(b[off:], f)
+			in.tracestate[i] = all[off-len(f) : off]
+		}
+	}
+	if bag {
+		for i, f := range in.baggage {
+			off += copy(b[off:], f)
+			in.baggage[i] = all[off-len(f) : off]
+		}
+	}
+}
+
+func (p *Propagator) read(c propagation.TextMapCarrier, l fieldLists) (in incoming, _ fieldLists) {
 	names := &p.cfg.names
 	switch c := c.(type) {
 	case ByteCarrier:
-		p.readBytes(c, in)
-		return
+		return p.readBytes(c, l)
 	case propagation.ValuesGetter:
 		tp := c.Values(names.Traceparent)
 		in.traceparents = len(tp)
 		if len(tp) > 0 {
 			in.traceparent = tp[0]
 		}
-		in.tracestate = append(in.tracestate, c.Values(names.Tracestate)...)
-		in.baggage = append(in.baggage, c.Values(names.Baggage)...)
+		l.tracestate = append(l.tracestate, c.Values(names.Tracestate)...)
+		l.baggage = append(l.baggage, c.Values(names.Baggage)...)
 		if s := c.Values(names.SessionID); len(s) > 0 {
 			in.session = s[0]
 		}
@@ -327,13 +376,14 @@ func (p *Propagator) read(c propagation.TextMapCarrier, in *incoming) {
 			in.traceparents = 1
 		}
 		if v := c.Get(names.Tracestate); v != "" {
-			in.tracestate = append(in.tracestate, v)
+			l.tracestate = append(l.tracestate, v)
 		}
 		if v := c.Get(names.Baggage); v != "" {
-			in.baggage = append(in.baggage, v)
+			l.baggage = append(l.baggage, v)
 		}
 		in.session = c.Get(names.SessionID)
 	}
+	return in, l
 }
 
 // maxFields caps how many tracestate or baggage fields of one message are
@@ -342,7 +392,7 @@ func (p *Propagator) read(c propagation.TextMapCarrier, in *incoming) {
 const maxFields = 16
 
 // readBytes scans a byte carrier once, without copying anything.
-func (p *Propagator) readBytes(c ByteCarrier, in *incoming) {
+func (p *Propagator) readBytes(c ByteCarrier, l fieldLists) (in incoming, _ fieldLists) {
 	names := &p.cfg.names
 	in.borrowed = true
 	view := func(v []byte) string { return unsafe.String(unsafe.SliceData(v), len(v)) }
@@ -356,12 +406,12 @@ func (p *Propagator) readBytes(c ByteCarrier, in *incoming) {
 			}
 			in.traceparents++
 		case names.Tracestate:
-			if len(in.tracestate) < maxFields {
-				in.tracestate = append(in.tracestate, view(v))
+			if len(l.tracestate) < maxFields {
+				l.tracestate = append(l.tracestate, view(v))
 			}
 		case names.Baggage:
-			if len(in.baggage) < maxFields {
-				in.baggage = append(in.baggage, view(v))
+			if len(l.baggage) < maxFields {
+				l.baggage = append(l.baggage, view(v))
 			}
 		case names.SessionID:
 			if !sessionSeen {
@@ -370,6 +420,7 @@ func (p *Propagator) readBytes(c ByteCarrier, in *incoming) {
 			}
 		}
 	}
+	return in, l
 }
 
 // remoteLinkKey holds the creation context of untrusted input.
@@ -391,12 +442,12 @@ func RemoteLink(ctx context.Context) (trace.SpanContext, bool) {
 // invalid is dropped, counted and logged once, and the caller simply starts a
 // new trace. Extract never fails and never panics on bad input.
 func (p *Propagator) Extract(ctx context.Context, c propagation.TextMapCarrier) context.Context {
-	var in incoming
-	p.read(c, &in)
-	return p.extract(ctx, &in)
+	var tsBuf, bagBuf [4]string
+	in, l := p.read(c, fieldLists{tracestate: tsBuf[:0], baggage: bagBuf[:0]})
+	return p.extract(ctx, &in, &l)
 }
 
-func (p *Propagator) extract(ctx context.Context, in *incoming) context.Context {
+func (p *Propagator) extract(ctx context.Context, in *incoming, l *fieldLists) context.Context {
 	var sc trace.SpanContext
 	valid := false
 	switch {
@@ -412,8 +463,8 @@ func (p *Propagator) extract(ctx context.Context, in *incoming) context.Context 
 		}
 	}
 	if valid {
-		if len(in.tracestate) > 0 {
-			e := p.traceState(in)
+		if len(l.tracestate) > 0 {
+			e := p.traceState(l, in.borrowed)
 			if e.ts.Len() > 0 {
 				sc = sc.WithTraceState(e.ts)
 			}
@@ -427,39 +478,46 @@ func (p *Propagator) extract(ctx context.Context, in *incoming) context.Context 
 		} else {
 			ctx = context.WithValue(ctx, remoteLinkKey{}, sc)
 		}
-	} else if len(in.tracestate) > 0 {
+	} else if len(l.tracestate) > 0 {
 		p.drops.add(fieldTracestate, dropOrphan)
 	}
-	return p.extractBaggage(ctx, in)
+	return p.extractBaggage(ctx, in, l)
 }
 
 // traceState decodes the tracestate fields of in. A single field, the usual
-// case, is looked up in the cache first.
-func (p *Propagator) traceState(in *incoming) *tsEntry {
+// case, is looked up in the cache first. On a miss the entry is built on the
+// stack and reaches the heap only when the cache admits it: a value seen for
+// the first time is usually never seen again.
+func (p *Propagator) traceState(in *fieldLists, borrowed bool) tsEntry {
 	single := len(in.tracestate) == 1 && len(in.tracestate[0]) <= maxCachedLen
 	var h uint64
+	store := false
 	if single {
 		h = p.tsCache.hash(in.tracestate[0])
 		if e, ok := p.tsCache.get(in.tracestate[0], h); ok {
 			p.drops.replay(fieldTracestate, e.drops)
-			return e
+			return *e
 		}
+		store = p.tsCache.admit(h)
 	}
-	sink := dropSink{d: p.drops, f: fieldTracestate, record: single}
+	// The baggage is copied along only while it is small, because a cached
+	// tracestate keeps the whole copy alive.
+	in.ownFields(borrowed, true, fieldsLen(in.baggage) <= maxCachedLen)
+	sink := dropSink{d: p.drops, f: fieldTracestate, record: store}
 	var buf [8]tsMember
 	l := tsList{m: buf[:0]}
-	for i, f := range in.tracestate {
-		in.tracestate[i] = in.own(f)
-		l = parseTracestateField(l, in.tracestate[i], &sink)
+	for _, f := range in.tracestate {
+		l = parseTracestateField(l, f, &sink)
 	}
 	l = l.truncate(&sink)
-	e := &tsEntry{}
+	var e tsEntry
 	if len(l.m) > 0 {
 		joined := ""
 		if len(in.tracestate) == 1 && l.encodedLen() == len(in.tracestate[0]) {
 			joined = in.tracestate[0] // already normal: no copy
 		} else {
-			joined = string(l.appendTo(make([]byte, 0, l.encodedLen())))
+			b := l.appendTo(make([]byte, 0, l.encodedLen()))
+			joined = unsafe.String(unsafe.SliceData(b), len(b)) // never written again
 		}
 		e.ts, e.extra, e.kept = l.toTraceState(joined)
 		e.full = joined
@@ -467,51 +525,66 @@ func (p *Propagator) traceState(in *incoming) *tsEntry {
 			e.count = strings.Count(e.extra, ",") + 1
 		}
 	}
-	if single {
+	if store {
 		e.drops = sink.rs
-		p.tsCache.put(in.tracestate[0], h, e)
+		stored := new(tsEntry)
+		*stored = e
+		p.tsCache.store(in.tracestate[0], h, stored)
 	}
 	return e
 }
 
+func fieldsLen(fields []string) int {
+	n := 0
+	for _, f := range fields {
+		n += len(f)
+	}
+	return n
+}
+
 // baggageMembers decodes the baggage fields of in, from the cache when a
-// single field was seen before. The entry must not be modified.
-func (p *Propagator) baggageMembers(in *incoming) *bagEntry {
+// single field was seen before; the members must not be modified, as they
+// may be the cache's. On a miss they are parsed into scratch, and only an
+// entry the cache admits is copied to the heap, with its Baggage built once
+// for every later message with these bytes; otherwise bag is empty and the
+// caller builds it. Members and Baggage are separate results so that the
+// Baggage, which escapes into the context, does not drag scratch along.
+func (p *Propagator) baggageMembers(in *fieldLists, borrowed bool, scratch []bagMember) (members []bagMember, bag baggage.Baggage) {
 	single := len(in.baggage) == 1 && len(in.baggage[0]) <= maxCachedLen
 	var h uint64
+	store := false
 	if single {
 		h = p.bagCache.hash(in.baggage[0])
 		if e, ok := p.bagCache.get(in.baggage[0], h); ok {
 			p.drops.replay(fieldBaggage, e.drops)
-			return e
+			return e.members, e.bag
 		}
+		store = p.bagCache.admit(h)
 	}
+	in.ownFields(borrowed, false, true)
 	var keep func(string) bool
 	if p.allow != nil {
 		keep = p.allowed
 	}
-	sink := dropSink{d: p.drops, f: fieldBaggage, record: single}
-	var buf [8]bagMember
-	l := bagList{m: buf[:0]}
-	for i, f := range in.baggage {
-		in.baggage[i] = in.own(f)
-		l = parseBaggageField(l, in.baggage[i], keep, &sink)
+	sink := dropSink{d: p.drops, f: fieldBaggage, record: store}
+	l := bagList{m: scratch}
+	for _, f := range in.baggage {
+		l = parseBaggageField(l, f, keep, &sink)
 	}
-	e := &bagEntry{members: slices.Clone(l.m), bytes: l.bytes}
-	if single {
-		// Built once here, shared by every message with these bytes.
-		e.bag = l.toBaggage()
-		e.drops = sink.rs
-		p.bagCache.put(in.baggage[0], h, e)
+	if !store {
+		return l.m, baggage.Baggage{}
 	}
-	return e
+	stored := &bagEntry{members: slices.Clone(l.m), bytes: l.bytes, drops: sink.rs}
+	stored.bag = toBaggage(stored.members)
+	p.bagCache.store(in.baggage[0], h, stored)
+	return stored.members, stored.bag
 }
 
 func (p *Propagator) sessionOK(id string) bool {
 	return validSession(id) && (p.cfg.trust == Trusted || p.cfg.sessionFormat(id))
 }
 
-func (p *Propagator) extractBaggage(ctx context.Context, in *incoming) context.Context {
+func (p *Propagator) extractBaggage(ctx context.Context, in *incoming, l *fieldLists) context.Context {
 	headerOK := false
 	if in.session != "" {
 		if p.sessionOK(in.session) {
@@ -522,12 +595,14 @@ func (p *Propagator) extractBaggage(ctx context.Context, in *incoming) context.C
 			p.drops.add(fieldSession, dropUntrusted)
 		}
 	}
-	if len(in.baggage) == 0 && in.session == "" {
+	if len(l.baggage) == 0 && in.session == "" {
 		return ctx
 	}
-	e := &bagEntry{}
-	if len(in.baggage) > 0 {
-		e = p.baggageMembers(in)
+	var scratch [8]bagMember
+	var members []bagMember
+	var bag baggage.Baggage
+	if len(l.baggage) > 0 {
+		members, bag = p.baggageMembers(l, in.borrowed, scratch[:0])
 	}
 	// The session.id member and the session header must agree; the header
 	// wins, and the member is the fallback when the header is missing or
@@ -535,17 +610,17 @@ func (p *Propagator) extractBaggage(ctx context.Context, in *incoming) context.C
 	sess := ""
 	changed := false
 	member := -1
-	for i := range e.members {
-		if e.members[i].key == BaggageSessionKey {
+	for i := range members {
+		if members[i].key == BaggageSessionKey {
 			member = i
 			break
 		}
 	}
 	switch {
-	case member >= 0 && headerOK && e.members[member].value == in.session:
-		sess = e.members[member].value // owned, unlike a borrowed header
-	case member >= 0 && !headerOK && p.sessionOK(e.members[member].value):
-		sess = e.members[member].value
+	case member >= 0 && headerOK && members[member].value == in.session:
+		sess = members[member].value // owned, unlike a borrowed header
+	case member >= 0 && !headerOK && p.sessionOK(members[member].value):
+		sess = members[member].value
 	case member >= 0:
 		if !headerOK {
 			p.drops.add(fieldSession, dropInvalid)
@@ -558,19 +633,11 @@ func (p *Propagator) extractBaggage(ctx context.Context, in *incoming) context.C
 		changed = true
 		sess = in.own(in.session)
 	}
-	bag := e.bag
-	if changed || e.bag.Len() == 0 && len(e.members) > 0 {
-		var buf [8]bagMember
-		l := bagList{m: buf[:0]}
-		for i, m := range e.members {
-			if i != member {
-				l.add(m)
-			}
-		}
-		if sess != "" {
-			l.add(bagMember{key: BaggageSessionKey, value: sess, size: len(BaggageSessionKey) + 1 + baggageValueLen(sess)})
-		}
-		bag = l.toBaggage()
+	switch {
+	case changed:
+		bag = buildBaggage(members, member, sess)
+	case bag.Len() == 0 && len(members) > 0: // not from the cache
+		bag = buildBaggage(members, -1, "")
 	}
 	if bag.Len() == 0 && sess == "" {
 		return ctx

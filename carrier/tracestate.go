@@ -23,8 +23,6 @@ type tsList struct {
 	m []tsMember
 }
 
-func (l *tsList) add(m tsMember) { l.m = append(l.m, m) }
-
 func (l *tsList) has(key string) bool {
 	for _, m := range l.m {
 		if m.key == key {
@@ -59,7 +57,9 @@ func parseTracestateField(l tsList, field string, drop *dropSink) tsList {
 			drop.add(dropDuplicate)
 			continue
 		}
-		l.add(tsMember{key, value})
+		// Appending through a pointer would move the caller's stack
+		// buffer to the heap.
+		l.m = append(l.m, tsMember{key, value})
 	}
 	return l
 }

@@ -151,30 +151,28 @@ func (q *Queue) Pop(ctx context.Context) (*jobs.Envelope, error) {
 	if err := q.start(); err != nil {
 		return nil, err
 	}
-	for {
-		var d amqp091.Delivery
-		var ok bool
-		select {
-		case d, ok = <-q.deliveries:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-		if !ok {
-			<-ctx.Done() // closed connection: nothing more will come
-			return nil, fmt.Errorf("amqpqueue: pop from %q: %w (%w)", q.queue, tbamqp.ErrDisconnected, ctx.Err())
-		}
-		e, err := jobs.DecodeEnvelope(tbamqp.Carrier(d.Headers), d.Body)
-		if err != nil {
-			_ = d.Reject(false)
-			return nil, fmt.Errorf("amqpqueue: pop from %q: %w", q.queue, err)
-		}
-		if err := jobs.WaitUntil(ctx, e.NotBefore); err != nil {
-			_ = d.Nack(false, true)
-			return nil, err
-		}
-		e.Receipt = d
-		return e, nil
+	var d amqp091.Delivery
+	var ok bool
+	select {
+	case d, ok = <-q.deliveries:
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
+	if !ok {
+		<-ctx.Done() // closed connection: nothing more will come
+		return nil, fmt.Errorf("amqpqueue: pop from %q: %w (%w)", q.queue, tbamqp.ErrDisconnected, ctx.Err())
+	}
+	e, err := jobs.DecodeEnvelope(tbamqp.Carrier(d.Headers), d.Body)
+	if err != nil {
+		_ = d.Reject(false)
+		return nil, fmt.Errorf("amqpqueue: pop from %q: %w", q.queue, err)
+	}
+	if err := jobs.WaitUntil(ctx, e.NotBefore); err != nil {
+		_ = d.Nack(false, true)
+		return nil, err
+	}
+	e.Receipt = d
+	return e, nil
 }
 
 func delivery(e *jobs.Envelope) (amqp091.Delivery, error) {

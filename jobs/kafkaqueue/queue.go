@@ -113,27 +113,25 @@ func (q *Queue) reader() *kafkago.Reader {
 // (committed past) so it does not block its partition.
 func (q *Queue) Pop(ctx context.Context) (*jobs.Envelope, error) {
 	r := q.reader()
-	for {
-		m, err := r.FetchMessage(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
-			return nil, fmt.Errorf("kafkaqueue: fetch from %q: %w", q.cfg.Topic, err)
+	m, err := r.FetchMessage(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
 		}
-		q.track(m)
-		e, err := jobs.DecodeEnvelope(tbkafka.NewCarrier(&m.Headers), m.Value)
-		if err != nil {
-			_ = q.settle(ctx, m)
-			return nil, fmt.Errorf("kafkaqueue: pop from %q partition %d offset %d: %w", q.cfg.Topic, m.Partition, m.Offset, err)
-		}
-		e.Receipt = m
-		if err := jobs.WaitUntil(ctx, e.NotBefore); err != nil {
-			// Left uncommitted: it is delivered again after a restart.
-			return nil, err
-		}
-		return e, nil
+		return nil, fmt.Errorf("kafkaqueue: fetch from %q: %w", q.cfg.Topic, err)
 	}
+	q.track(m)
+	e, err := jobs.DecodeEnvelope(tbkafka.NewCarrier(&m.Headers), m.Value)
+	if err != nil {
+		_ = q.settle(ctx, m)
+		return nil, fmt.Errorf("kafkaqueue: pop from %q partition %d offset %d: %w", q.cfg.Topic, m.Partition, m.Offset, err)
+	}
+	e.Receipt = m
+	if err := jobs.WaitUntil(ctx, e.NotBefore); err != nil {
+		// Left uncommitted: it is delivered again after a restart.
+		return nil, err
+	}
+	return e, nil
 }
 
 func (q *Queue) track(m kafkago.Message) {

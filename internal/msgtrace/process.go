@@ -98,14 +98,22 @@ func (t *Tracer) StartProcess(ctx context.Context, d Delivery) (context.Context,
 	}
 
 	e := t.entry("process", semconv.MessagingOperationTypeProcess, trace.SpanKindConsumer, &d.Message)
-	opts := make([]trace.SpanStartOption, 0, len(e.opts)+3)
-	opts = append(opts, e.opts...)
-	opts = append(opts, attemptOpt(attempt))
-	if links != nil {
-		opts = append(opts, trace.WithLinks(links...))
-	}
-	if !parentOnCreation {
-		opts = append(opts, newRootOpt)
+	var opts []trace.SpanStartOption
+	switch {
+	case attempt == 1 && links == nil && parentOnCreation:
+		opts = e.first
+	case attempt == 1 && links == nil:
+		opts = e.firstRoot
+	default:
+		opts = make([]trace.SpanStartOption, 0, len(e.opts)+3)
+		opts = append(opts, e.opts...)
+		opts = append(opts, attemptOpt(attempt))
+		if links != nil {
+			opts = append(opts, trace.WithLinks(links...))
+		}
+		if !parentOnCreation {
+			opts = append(opts, newRootOpt)
+		}
 	}
 	ctx, span := t.tracer.Start(ctx, e.name, opts...)
 	sessionAttr(ctx, span, &d.Message)

@@ -46,6 +46,10 @@ type spanEntry struct {
 	name  string
 	attrs []attribute.KeyValue    // sampling-relevant, shared read-only
 	opts  []trace.SpanStartOption // kind and attrs, shared read-only
+	// first and firstRoot are opts for a first attempt without links,
+	// parented and as a new root: the common delivery, started without
+	// building an option slice.
+	first, firstRoot []trace.SpanStartOption
 	// ok is the metric attribute set of a successful operation.
 	ok     metric.MeasurementOption
 	errs   atomic.Pointer[map[string]metric.MeasurementOption]
@@ -158,14 +162,17 @@ func (t *Tracer) newEntry(k *spanKey, opType attribute.KeyValue) *spanEntry {
 		}
 	}
 	a = a[:len(a):len(a)]
+	opts := []trace.SpanStartOption{kindOpts[k.kind], trace.WithAttributes(a...), attemptOpts[1], newRootOpt}
 	return &spanEntry{
-		name:  spanName(k.op, k.dest, k.tmpl),
-		attrs: a,
-		opts:  []trace.SpanStartOption{kindOpts[k.kind], trace.WithAttributes(a...)},
-		ok:    metricSet(t.sysAttr, k.op, k.dest, ""),
-		sys:   t.sysAttr,
-		op:    k.op,
-		dest:  k.dest,
+		name:      spanName(k.op, k.dest, k.tmpl),
+		attrs:     a,
+		opts:      opts[:2:2],
+		first:     opts[:3:3],
+		firstRoot: opts[:4:4],
+		ok:        metricSet(t.sysAttr, k.op, k.dest, ""),
+		sys:       t.sysAttr,
+		op:        k.op,
+		dest:      k.dest,
 	}
 }
 

@@ -26,7 +26,11 @@ const (
 )
 
 func benchBaggage(b *testing.B, session string, withSession bool) baggage.Baggage {
-	kv := []string{"tenant", "acme", "user.id", "u-12345", "feature", "checkout-v2"}
+	return benchBaggageOf(b, session, withSession, "u-12345")
+}
+
+func benchBaggageOf(b *testing.B, session string, withSession bool, user string) baggage.Baggage {
+	kv := []string{"tenant", "acme", "user.id", user, "feature", "checkout-v2"}
 	if withSession {
 		kv = append(kv, carrier.BaggageSessionKey, session)
 	}
@@ -89,15 +93,21 @@ func BenchmarkInject(b *testing.B) {
 }
 
 // benchMessages builds n messages' headers. distinct makes every message's
-// baggage, tracestate and session different, so no cache can help: the
-// cache-miss case. Otherwise all messages carry the same journey context,
-// as the messages of one busy journey do.
-func benchMessages(b *testing.B, n int, distinct, ours bool) [][]header {
+// baggage, tracestate and session different: the cache-miss case, in which
+// the rest of the baggage is shared by many journeys (tenant, feature), as it
+// usually is. allDistinct also varies the user.id member, so nothing at all
+// repeats. Otherwise all messages carry the same journey context, as the
+// messages of one busy journey do.
+func benchMessages(b *testing.B, n int, distinct, allDistinct, ours bool) [][]header {
 	p := carrier.NewPropagator()
 	stock := stockPropagator()
 	msgs := make([][]header, n)
 	for i := range msgs {
 		sess := benchSession
+		user := "u-12345"
+		if allDistinct {
+			user = fmt.Sprintf("u-%d", i)
+		}
 		sc := benchSpanContext(b)
 		if distinct {
 			sess = fmt.Sprintf("0190b3c4-5d6e-7f80-9a1b-%012x", i)
@@ -106,12 +116,12 @@ func benchMessages(b *testing.B, n int, distinct, ours bool) [][]header {
 		}
 		ctx := trace.ContextWithRemoteSpanContext(context.Background(), sc)
 		if ours {
-			ctx = baggage.ContextWithBaggage(ctx, benchBaggage(b, "", false))
+			ctx = baggage.ContextWithBaggage(ctx, benchBaggageOf(b, "", false, user))
 			c := &kafkaHeaders{}
 			p.Inject(carrier.ContextWithSession(ctx, sess), c)
 			msgs[i] = c.h
 		} else {
-			ctx = baggage.ContextWithBaggage(ctx, benchBaggage(b, sess, true))
+			ctx = baggage.ContextWithBaggage(ctx, benchBaggageOf(b, sess, true, user))
 			c := &stockHeaders{}
 			stock.Inject(ctx, c)
 			msgs[i] = c.h
@@ -122,13 +132,13 @@ func benchMessages(b *testing.B, n int, distinct, ours bool) [][]header {
 
 func BenchmarkExtract(b *testing.B) {
 	for _, tc := range []struct {
-		name     string
-		n        int
-		distinct bool
-	}{{"hit", 1, false}, {"miss", 1 << 14, true}} {
+		name          string
+		n             int
+		distinct, all bool
+	}{{"hit", 1, false, false}, {"miss", 1 << 14, true, false}, {"miss-all", 1 << 14, true, true}} {
 		b.Run("tracebridge/"+tc.name, func(b *testing.B) {
 			p := carrier.NewPropagator()
-			msgs := benchMessages(b, tc.n, tc.distinct, true)
+			msgs := benchMessages(b, tc.n, tc.distinct, tc.all, true)
 			ctx := context.Background()
 			c := &kafkaHeaders{}
 			i := 0
@@ -149,7 +159,7 @@ func BenchmarkExtract(b *testing.B) {
 		})
 		b.Run("stock/"+tc.name, func(b *testing.B) {
 			p := stockPropagator()
-			msgs := benchMessages(b, tc.n, tc.distinct, false)
+			msgs := benchMessages(b, tc.n, tc.distinct, tc.all, false)
 			ctx := context.Background()
 			c := &stockHeaders{}
 			i := 0

@@ -128,11 +128,14 @@ type dropSink struct {
 	d      *drops
 	f      field
 	record bool
+	silent bool // only record: the value is decoded for the cache, not for a message
 	rs     []dropReason
 }
 
 func (s *dropSink) add(r dropReason) {
-	s.d.add(s.f, r)
+	if !s.silent {
+		s.d.add(s.f, r)
+	}
 	if s.record {
 		s.rs = append(s.rs, r)
 	}

@@ -562,15 +562,17 @@ func (p *Propagator) baggageMembers(in *fieldLists, borrowed bool, scratch []bag
 		store = p.bagCache.admit(h)
 	}
 	in.ownFields(borrowed, false, true)
-	var keep func(string) bool
-	if p.allow != nil {
-		keep = p.allowed
+	if single && hasSessionPrefix(in.baggage[0]) {
+		if members, bag, size, ok := p.baggageAfterSession(in.baggage[0], scratch); ok {
+			if store {
+				stored := &bagEntry{members: slices.Clone(members), bytes: size, bag: bag}
+				p.bagCache.store(in.baggage[0], h, stored)
+			}
+			return members, bag
+		}
 	}
 	sink := dropSink{d: p.drops, f: fieldBaggage, record: store}
-	l := bagList{m: scratch}
-	for _, f := range in.baggage {
-		l = parseBaggageField(l, f, keep, &sink)
-	}
+	l := p.parseBaggage(in.baggage, scratch, &sink)
 	if !store {
 		return l.m, baggage.Baggage{}
 	}
@@ -578,6 +580,77 @@ func (p *Propagator) baggageMembers(in *fieldLists, borrowed bool, scratch []bag
 	stored.bag = toBaggage(stored.members)
 	p.bagCache.store(in.baggage[0], h, stored)
 	return stored.members, stored.bag
+}
+
+func (p *Propagator) parseBaggage(fields []string, scratch []bagMember, sink *dropSink) bagList {
+	var keep func(string) bool
+	if p.allow != nil {
+		keep = p.allowed
+	}
+	l := bagList{m: scratch}
+	for _, f := range fields {
+		l = parseBaggageField(l, f, keep, sink)
+	}
+	return l
+}
+
+// hasSessionPrefix reports whether field starts with the session member, as
+// the baggage that Inject writes does.
+func hasSessionPrefix(field string) bool {
+	return len(field) > len(BaggageSessionKey) && field[len(BaggageSessionKey)] == '=' &&
+		field[:len(BaggageSessionKey)] == BaggageSessionKey
+}
+
+// baggageAfterSession decodes a baggage field that starts with the session
+// member. Between journeys that share their baggage (tenant, feature flags)
+// only the session differs, so every such message misses the cache although
+// the rest of its baggage is the same. The rest is looked up (and admitted)
+// on its own, and the session added to its cached Baggage: one map copy
+// instead of validating and building every member again. It declines (ok is
+// false) unless the result is exactly what decoding the whole field gives:
+// a session member without properties, and a rest that decodes without
+// drops, without a session member of its own and within the limits with the
+// session added. field must be owned; size is the decoded bytes.
+func (p *Propagator) baggageAfterSession(field string, scratch []bagMember) (members []bagMember, bag baggage.Baggage, size int, ok bool) {
+	first, rest, _ := strings.Cut(field, ",")
+	first = trimOWS(first)
+	if strings.IndexByte(first, ';') >= 0 || rest == "" {
+		return nil, baggage.Baggage{}, 0, false
+	}
+	sm, valid := parseBaggageMember(first)
+	if !valid || sm.key != BaggageSessionKey || len(rest) > maxCachedLen {
+		return nil, baggage.Baggage{}, 0, false
+	}
+	h := p.bagCache.hash(rest)
+	e, hit := p.bagCache.get(rest, h)
+	if !hit {
+		if !p.bagCache.admit(h) {
+			return nil, baggage.Baggage{}, 0, false
+		}
+		sink := dropSink{f: fieldBaggage, record: true, silent: true}
+		l := p.parseBaggage([]string{rest}, nil, &sink)
+		e = &bagEntry{members: l.m, bytes: l.bytes, drops: sink.rs}
+		e.bag = toBaggage(e.members)
+		p.bagCache.store(rest, h, e)
+	}
+	if len(e.drops) > 0 || len(e.members) == 0 || len(e.members) >= maxBaggageMembers ||
+		e.bytes+1+sm.size > maxBaggageBytes || e.bag.Len() != len(e.members) {
+		return nil, baggage.Baggage{}, 0, false
+	}
+	for i := range e.members {
+		if e.members[i].key == BaggageSessionKey {
+			return nil, baggage.Baggage{}, 0, false
+		}
+	}
+	bm, err := baggage.NewMemberRaw(sm.key, sm.value)
+	if err != nil {
+		return nil, baggage.Baggage{}, 0, false
+	}
+	if bag, err = e.bag.SetMember(bm); err != nil {
+		return nil, baggage.Baggage{}, 0, false
+	}
+	members = append(append(scratch[:0], sm), e.members...)
+	return members, bag, e.bytes + 1 + sm.size, true
 }
 
 func (p *Propagator) sessionOK(id string) bool {

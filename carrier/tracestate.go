@@ -155,6 +155,11 @@ func trimOWS(s string) string {
 	return s
 }
 
+// insertMax is the longest list toTraceState builds by Insert, one
+// allocation per member; ParseTraceState's growing append allocates less
+// for longer lists.
+const insertMax = 3
+
 // toTraceState converts the parsed list into OpenTelemetry's TraceState.
 // OpenTelemetry-Go validates keys by the Level 1 grammar, so a Level 2 key it
 // rejects cannot live in a SpanContext; those members are returned joined as
@@ -164,7 +169,20 @@ func (l *tsList) toTraceState(joined string) (ts trace.TraceState, extra, kept s
 	if len(l.m) == 0 {
 		return trace.TraceState{}, "", ""
 	}
-	if ts, err := trace.ParseTraceState(joined); err == nil {
+	if len(l.m) <= insertMax {
+		// The members are already valid, distinct and trimmed, so building
+		// the list by Insert (which prepends) gives what ParseTraceState
+		// would, without parsing and checking the joined string again.
+		ts, ok := trace.TraceState{}, true
+		for i := len(l.m) - 1; i >= 0 && ok; i-- {
+			var err error
+			ts, err = ts.Insert(l.m[i].key, l.m[i].value)
+			ok = err == nil
+		}
+		if ok {
+			return ts, "", joined
+		}
+	} else if ts, err := trace.ParseTraceState(joined); err == nil {
 		return ts, "", joined
 	}
 	var keptMembers, rest []string

@@ -112,6 +112,7 @@ func (t *Tracer) Deliver(ctx, stop context.Context, d Delivery, s Settlement) (O
 			d.Attempt, d.Previous = p.Attempt+1, p.SpanContext()
 			continue
 		case !final:
+			p.Remember()
 			r := carrier.Retry{Attempt: p.Attempt + 1, Previous: p.SpanContext()}
 			return t.settleAfter(pctx, stop, p, err, false, Republished, s, s.AckOp,
 				func(ctx context.Context) error { return s.Republish(ctx, r) })

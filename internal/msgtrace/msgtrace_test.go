@@ -220,3 +220,37 @@ func TestCallRecoversPanic(t *testing.T) {
 		t.Fatal("Permanent marks wrong")
 	}
 }
+
+// A republished retry can be consumed before the failed attempt's span has
+// ended; it must still link to that attempt (named by retry-previous), not
+// to the stale in-process record of the attempt before it.
+func TestRepublishedRetryLinksPreviousBeforeItEnds(t *testing.T) {
+	tr, tel := newTracer(t)
+	c, _ := send(t, tr, context.Background())
+	fail := errors.New("boom")
+	d := msgtrace.Delivery{Message: msgtrace.Message{Destination: "orders"}, Carrier: c, Identity: "orders/m1"}
+	ctx1, p1 := tr.StartProcess(context.Background(), d)
+	p1.End(ctx1, fail, false) // recorded as the latest failed attempt
+
+	tr.Carrier().InjectRetry(c, carrier.Retry{Attempt: 2, Previous: p1.SpanContext()})
+	ctx2, p2 := tr.StartProcess(context.Background(), d)
+	// Attempt 2 fails and republishes; attempt 3 arrives before p2 ends.
+	tr.Carrier().InjectRetry(c, carrier.Retry{Attempt: 3, Previous: p2.SpanContext()})
+	ctx3, p3 := tr.StartProcess(context.Background(), d)
+	p3.End(ctx3, nil, false)
+	p2.End(ctx2, fail, false)
+
+	s := tel.Named("process orders")
+	var third sdktrace.ReadOnlySpan
+	for _, sp := range s {
+		if v, _ := testenv.Attr(sp, msgtrace.AttemptKey); v.AsInt64() == 3 {
+			third = sp
+		}
+	}
+	if third == nil {
+		t.Fatal("no attempt 3 span")
+	}
+	if len(third.Links()) != 1 || third.Links()[0].SpanContext.SpanID() != p2.SpanContext().SpanID() {
+		t.Fatalf("attempt 3 links %v, want attempt 2 %v", third.Links(), p2.SpanContext().SpanID())
+	}
+}

@@ -75,10 +75,16 @@ func (t *Tracer) StartProcess(ctx context.Context, d Delivery) (context.Context,
 	}
 	prev := d.Previous
 	if !prev.IsValid() && attempt > 1 {
-		if sc, ok := t.attempts.Get(d.Identity); ok {
-			prev = sc
-		} else if retry.Previous.IsValid() {
+		// retry-previous names exactly the attempt a republished retry
+		// follows. The in-process record can lag it (the republish may be
+		// consumed before the failed attempt's span has ended), so it wins
+		// only for a broker redelivery, which the header knows nothing of.
+		recorded, ok := t.attempts.Get(d.Identity)
+		switch {
+		case retry.Previous.IsValid() && (d.Deliveries <= 1 || !ok):
 			prev = retry.Previous
+		case ok:
+			prev = recorded
 		}
 	}
 
@@ -204,6 +210,14 @@ func (p *Process) End(ctx context.Context, err error, final bool) {
 	if !p.start.IsZero() {
 		p.t.metrics.ProcessDuration.Record(ctx, time.Since(p.start).Seconds(), p.e.metricOpt(err))
 	}
+}
+
+// Remember records this attempt as the latest failed one of its message
+// before the front end hands the message back to the broker. A redelivery
+// can arrive before End runs (a zero backoff, a fast delay queue), and it
+// must link to this attempt, not the one before.
+func (p *Process) Remember() {
+	p.t.attempts.Put(p.identity, p.Span.SpanContext())
 }
 
 // SpanContext returns the process span's context: what a retry republished

@@ -74,6 +74,7 @@ func (t *Tracer) DeliverAttempt(ctx context.Context, d Delivery, r Redelivery) e
 	}
 	final, delay := t.RetryDecision(p.Attempt, herr, r.Limit)
 	if !final {
+		p.Remember()
 		p.Span.SetAttributes(RetryDelayKey.Float64(delay.Seconds()))
 		serr := r.Redeliver(pctx, delay)
 		p.Settle(pctx, r.RedeliverOp, serr)

@@ -4,7 +4,6 @@ import (
 	"slices"
 	"strings"
 	"unicode/utf8"
-	"unsafe"
 
 	"go.opentelemetry.io/otel/baggage"
 )
@@ -27,28 +26,35 @@ var sensitiveWords = []string{"password", "secret", "token", "authorization", "c
 // like secrets or personal data: any key containing password, secret, token,
 // authorization, cookie, email, ssn or card, in any case.
 func DenySensitive(key string) bool {
-	// Lower the key once into a stack buffer, so each word is one
-	// strings.Contains instead of a folding scan.
-	var buf [64]byte
-	if len(key) > len(buf) {
-		for _, w := range sensitiveWords {
-			if containsFold(key, w) {
+	// It runs for every member of every message, so it is one pass over the
+	// key that tries only the words starting with the byte at hand. c|0x20
+	// lowers ASCII letters and maps no other byte to one.
+	for i := 0; i < len(key); i++ {
+		for _, w := range sensitiveByFirst[key[i]|0x20] {
+			if hasPrefixFold(key[i:], w) {
 				return false
 			}
 		}
-		return true
 	}
-	lower := buf[:len(key)]
-	for i := 0; i < len(key); i++ {
-		c := key[i]
-		if 'A' <= c && c <= 'Z' {
-			c += 'a' - 'A'
-		}
-		lower[i] = c
-	}
-	s := unsafe.String(unsafe.SliceData(lower), len(lower))
+	return true
+}
+
+// sensitiveByFirst indexes sensitiveWords by first letter.
+var sensitiveByFirst = func() (t [256][]string) {
 	for _, w := range sensitiveWords {
-		if strings.Contains(s, w) {
+		t[w[0]] = append(t[w[0]], w)
+	}
+	return t
+}()
+
+// hasPrefixFold reports whether s starts with the lowercase ASCII letters
+// w, ignoring ASCII case.
+func hasPrefixFold(s, w string) bool {
+	if len(s) < len(w) {
+		return false
+	}
+	for j := 0; j < len(w); j++ {
+		if s[j]|0x20 != w[j] {
 			return false
 		}
 	}
@@ -270,6 +276,15 @@ func isBaggageOctet(c byte) bool {
 		(0x3C <= c && c <= 0x5B) || (0x5D <= c && c <= 0x7E)
 }
 
+// plainOctet marks the bytes Inject writes unencoded: baggage-octets but "%".
+// Every value byte is looked up, so it is a table.
+var plainOctet = func() (t [256]bool) {
+	for c := range 256 {
+		t[c] = isBaggageOctet(byte(c)) && c != '%'
+	}
+	return t
+}()
+
 // decodeBaggageValue checks the value grammar and percent-decodes it. Invalid
 // UTF-8 after decoding is replaced by U+FFFD, as OpenTelemetry does, so the
 // value is always a valid string. It allocates only when the value has a
@@ -329,7 +344,7 @@ func appendBaggageValue(dst []byte, v string) []byte {
 	const upperHex = "0123456789ABCDEF"
 	for i := 0; i < len(v); i++ {
 		c := v[i]
-		if isBaggageOctet(c) && c != '%' {
+		if plainOctet[c] {
 			dst = append(dst, c)
 			continue
 		}
@@ -341,7 +356,7 @@ func appendBaggageValue(dst []byte, v string) []byte {
 func baggageValueLen(v string) int {
 	n := len(v)
 	for i := 0; i < len(v); i++ {
-		if c := v[i]; !isBaggageOctet(c) || c == '%' {
+		if !plainOctet[v[i]] {
 			n += 2
 		}
 	}

@@ -2,6 +2,7 @@ package carrier
 
 import (
 	"math/rand/v2"
+	"strings"
 	"testing"
 
 	"go.opentelemetry.io/otel/trace"
@@ -33,4 +34,43 @@ func TestToTraceStateInsertMatchesParse(t *testing.T) {
 			t.Fatalf("%q: OpenTelemetry rejects it, but nothing went to extra", joined)
 		}
 	}
+}
+
+// TestDenySensitiveMatchesContains checks the one-pass DenySensitive against
+// the definition: no sensitive word in the ASCII-lowered key.
+func TestDenySensitiveMatchesContains(t *testing.T) {
+	alphabet := "aApPsStTcCeEnNoOrRdDkKiIlLwWyY._-@\x80\xffzZ"
+	r := rand.New(rand.NewPCG(5, 6))
+	for range 200000 {
+		b := make([]byte, r.IntN(20))
+		for i := range b {
+			b[i] = alphabet[r.IntN(len(alphabet))]
+		}
+		if r.IntN(4) == 0 {
+			w := sensitiveWords[r.IntN(len(sensitiveWords))]
+			at := r.IntN(len(b) + 1)
+			b = append(b[:at], append([]byte(strings.ToUpper(w[:1])+w[1:]), b[at:]...)...)
+		}
+		key := string(b)
+		want := true
+		lower := asciiLower(key)
+		for _, w := range sensitiveWords {
+			if strings.Contains(lower, w) {
+				want = false
+			}
+		}
+		if got := DenySensitive(key); got != want {
+			t.Fatalf("DenySensitive(%q) = %v, want %v", key, got, want)
+		}
+	}
+}
+
+func asciiLower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
 }

@@ -152,3 +152,57 @@ func TestSpanCacheBeyondBound(t *testing.T) {
 		}
 	}
 }
+
+// countingAttrs is a Lazy appender that records how often it was asked.
+type countingAttrs struct{ calls int }
+
+func (c *countingAttrs) AppendAttrs(dst []attribute.KeyValue) []attribute.KeyValue {
+	c.calls++
+	return append(dst, semconv.MessagingKafkaMessageKey("lazy"))
+}
+
+// Lazy attributes exist to spare unsampled messages their cost: they must
+// never be built for a span that does not record, never be offered to the
+// sampler, and land on a span that does.
+func TestLazyAttrsOnlyWhenRecording(t *testing.T) {
+	for _, sample := range []bool{false, true} {
+		t.Run(fmt.Sprintf("sampled=%v", sample), func(t *testing.T) {
+			smp := &seeingSampler{sample: sample, seen: map[string][]attribute.Key{}}
+			tel := testenv.NewTelemetry(t, sdktrace.WithSampler(smp))
+			tr := msgtrace.New("kafka", []msgtrace.Option{func(c *msgtrace.Config) {
+				c.TracerProvider, c.MeterProvider = tel.TracerProvider, tel.MeterProvider
+			}})
+			send, process := &countingAttrs{}, &countingAttrs{}
+			c := propagation.MapCarrier{}
+			sctx, op := tr.StartSend(context.Background(), c, msgtrace.Message{Destination: "orders", BodySize: -1, Lazy: send})
+			op.End(sctx, nil)
+			pctx, p := tr.StartProcess(context.Background(), msgtrace.Delivery{
+				Message: msgtrace.Message{Destination: "orders", BodySize: -1, Lazy: process}, Carrier: c})
+			p.End(pctx, nil, false)
+
+			want := 0
+			if sample {
+				want = 1
+			}
+			if send.calls != want || process.calls != want {
+				t.Fatalf("appender called %d (send) and %d (process) times, want %d", send.calls, process.calls, want)
+			}
+			for name, keys := range smp.seen {
+				for _, k := range keys {
+					if k == semconv.MessagingKafkaMessageKeyKey {
+						t.Errorf("%s: sampler saw the lazy attribute", name)
+					}
+				}
+			}
+			for _, s := range tel.Ended() {
+				var found bool
+				for _, a := range s.Attributes() {
+					found = found || (a.Key == semconv.MessagingKafkaMessageKeyKey && a.Value.AsString() == "lazy")
+				}
+				if !found {
+					t.Errorf("%s: recorded span lacks the lazy attribute", s.Name())
+				}
+			}
+		})
+	}
+}

@@ -93,6 +93,18 @@ type Message struct {
 	// Attrs are broker-specific attributes (Kafka key and offset, RabbitMQ
 	// routing key and delivery tag) added as they are.
 	Attrs []attribute.KeyValue
+	// Lazy adds broker-specific attributes too, but is asked only when the
+	// span records: building them (a key converted to a string, a slice to
+	// hold them) is what an unsampled message should not pay for. A front
+	// end passes a pointer it already holds, which fits in the interface
+	// without an allocation of its own.
+	Lazy AttrAppender
+}
+
+// AttrAppender appends attributes to dst and returns the extended slice.
+// It is called synchronously while the span starts, never later.
+type AttrAppender interface {
+	AppendAttrs(dst []attribute.KeyValue) []attribute.KeyValue
 }
 
 // setRecorded adds what the span does not get at start (see spancache.go)
@@ -101,7 +113,11 @@ func setRecorded(span trace.Span, m *Message, more ...attribute.KeyValue) {
 	if !span.IsRecording() {
 		return
 	}
-	a := make([]attribute.KeyValue, 0, 4+len(m.Attrs)+len(more))
+	n := 3 + len(m.Attrs) + len(more)
+	if m.Lazy != nil {
+		n += 3 // every front end's appender adds at most three
+	}
+	a := make([]attribute.KeyValue, 0, n)
 	if m.Partition != "" {
 		a = append(a, semconv.MessagingDestinationPartitionID(m.Partition))
 	}
@@ -112,6 +128,9 @@ func setRecorded(span trace.Span, m *Message, more ...attribute.KeyValue) {
 		a = append(a, semconv.MessagingMessageBodySize(m.BodySize))
 	}
 	a = append(a, m.Attrs...)
+	if m.Lazy != nil {
+		a = m.Lazy.AppendAttrs(a)
+	}
 	span.SetAttributes(append(a, more...)...)
 }
 

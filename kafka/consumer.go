@@ -300,12 +300,12 @@ func (c *Consumer) handleBatch(base, stop context.Context, msgs []kafkago.Messag
 		carriers[i] = NewCarrier(&msgs[i].Headers)
 	}
 	m := c.rd.delivery(&msgs[0]).Message
-	m.BodySize, m.Attrs = -1, nil
+	m.BodySize, m.Attrs, m.Lazy = -1, nil, nil
 	var err error
+	var prev trace.SpanContext
 	for attempt := 1; ; attempt++ {
-		bctx, p := c.t.StartBatchProcess(base, m, carriers)
-		p.Attempt = attempt
-		p.Span.SetAttributes(msgtrace.AttemptKey.Int(attempt))
+		bctx, p := c.t.StartBatchProcess(base, m, carriers, attempt, prev)
+		prev = p.SpanContext()
 		err = msgtrace.Call(func() error { return c.bh(bctx, msgs) })
 		final := p.Final(err)
 		if err == nil || final {

@@ -11,6 +11,7 @@ import (
 
 	kafkago "github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 
@@ -358,5 +359,56 @@ func TestBatchConsumerLinksEveryMessage(t *testing.T) {
 	}
 	if links != 50 {
 		t.Fatalf("%d links over all batch spans, want 50", links)
+	}
+}
+
+// A failed batch is tried again in place; each try's span links to the try
+// before it, as single-message attempts do.
+func TestBatchConsumerRetryLinksAttempts(t *testing.T) {
+	addrs := testenv.Kafka(t)
+	tel := testenv.NewTelemetry(t)
+	topic := newTopic("batchretry")
+	ensureTopics(t, addrs, topic)
+	w := tbkafka.NewWriter(rawWriter(addrs, topic), tel.Options()...)
+	if err := w.WriteMessages(context.Background(), kafkago.Message{Key: []byte("only")}); err != nil {
+		t.Fatal(err)
+	}
+	_ = w.Close()
+	var mu sync.Mutex
+	tries := 0
+	c := tbkafka.NewBatchConsumer(groupReader(addrs, newTopic("g"), 0, topic), func(ctx context.Context, batch []kafkago.Message) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if tries++; tries < 3 {
+			return errors.New("downstream busy")
+		}
+		return nil
+	}, 20, tel.Options(tracebridge.WithRetry(3, time.Millisecond, 5*time.Millisecond))...)
+	stop := runConsumer(t, c.Run)
+	testenv.WaitFor(t, "third try", 30*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return tries == 3 })
+	stop()
+	spans := tel.Named("process " + topic)
+	if len(spans) != 3 {
+		t.Fatalf("%d batch process spans, want 3", len(spans))
+	}
+	for i, s := range spans {
+		if v, _ := testenv.Attr(s, "tracebridge.attempt"); v.AsInt64() != int64(i+1) {
+			t.Fatalf("span %d has attempt %d", i, v.AsInt64())
+		}
+		var prev []trace.SpanID
+		for _, l := range s.Links() {
+			if set := attribute.NewSet(l.Attributes...); set.HasValue("tracebridge.link.type") {
+				if v, _ := set.Value("tracebridge.link.type"); v.AsString() != "previous_attempt" {
+					continue
+				}
+				prev = append(prev, l.SpanContext.SpanID())
+			}
+		}
+		switch {
+		case i == 0 && len(prev) != 0:
+			t.Fatalf("first try links a previous attempt")
+		case i > 0 && (len(prev) != 1 || prev[0] != spans[i-1].SpanContext().SpanID()):
+			t.Fatalf("try %d links %v, want try %d", i+1, prev, i)
+		}
 	}
 }

@@ -166,7 +166,7 @@ func (c *Consumer) FetchBatch(ctx context.Context, batch int, h BatchHandler, op
 		size += len(m.Data())
 	}
 	desc := msgtrace.Message{Destination: c.dest, BodySize: size, ConsumerGroup: c.group, ServerAddress: c.host, ServerPort: c.port}
-	bctx, p := c.t.StartBatchProcess(ctx, desc, carriers)
+	bctx, p := c.t.StartBatchProcess(ctx, desc, carriers, 1, trace.SpanContext{})
 	herr := msgtrace.Call(func() error { return h(bctx, msgs) })
 	anyFinal := false
 	for _, m := range msgs {

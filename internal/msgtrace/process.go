@@ -228,12 +228,17 @@ func (p *Process) SpanContext() trace.SpanContext { return p.Span.SpanContext() 
 // link to each message's creation context and
 // messaging.batch.message_count. The batch's messages keep their own
 // journeys: a handler that needs one message's context extracts it with
-// Extract.
-func (t *Tracer) StartBatchProcess(ctx context.Context, m Message, carriers []propagation.TextMapCarrier) (context.Context, *Process) {
-	links := make([]trace.Link, 0, len(carriers)+1)
+// Extract. attempt counts the tries of this batch from 1; prev, when valid,
+// is the previous try's span, which the new one links to.
+func (t *Tracer) StartBatchProcess(ctx context.Context, m Message, carriers []propagation.TextMapCarrier, attempt int, prev trace.SpanContext) (context.Context, *Process) {
+	links := make([]trace.Link, 0, len(carriers)+2)
 	if ambient := trace.SpanContextFromContext(ctx); ambient.IsValid() {
 		links = append(links, link(ambient, LinkAmbient))
 	}
+	if prev.IsValid() {
+		links = append(links, link(prev, LinkPreviousAttempt))
+	}
+	attempt = max(attempt, 1)
 	for _, c := range carriers {
 		mctx := t.Propagator.Extract(context.Background(), c)
 		sc, ok := carrier.RemoteLink(mctx)
@@ -246,7 +251,7 @@ func (t *Tracer) StartBatchProcess(ctx context.Context, m Message, carriers []pr
 	}
 	e := t.entry("process", semconv.MessagingOperationTypeProcess, trace.SpanKindConsumer, &m)
 	opts := append(e.opts[:len(e.opts):len(e.opts)], newRootOpt,
-		trace.WithAttributes(semconv.MessagingBatchMessageCount(len(carriers))), trace.WithLinks(links...))
+		trace.WithAttributes(semconv.MessagingBatchMessageCount(len(carriers)), AttemptKey.Int(attempt)), trace.WithLinks(links...))
 	ctx, span := t.tracer.Start(ctx, e.name, opts...)
 	setRecorded(span, &m)
 	var start time.Time
@@ -254,5 +259,5 @@ func (t *Tracer) StartBatchProcess(ctx context.Context, m Message, carriers []pr
 		start = time.Now()
 		t.metrics.Consumed.Add(ctx, int64(len(carriers)), e.ok)
 	}
-	return ctx, &Process{Span: span, Attempt: 1, t: t, start: start, e: e}
+	return ctx, &Process{Span: span, Attempt: attempt, t: t, start: start, e: e}
 }

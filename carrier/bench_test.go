@@ -75,6 +75,30 @@ func BenchmarkInject(b *testing.B) {
 			b.Fatalf("wrote %d headers", len(c.h))
 		}
 	})
+	// Every message from a new journey: no Baggage is injected twice in a
+	// row, so nothing Inject remembers applies.
+	b.Run("tracebridge/distinct", func(b *testing.B) {
+		p := carrier.NewPropagator()
+		ctxs := make([]context.Context, 1<<14)
+		for i := range ctxs {
+			ctx := baggage.ContextWithBaggage(context.Background(), benchBaggageOf(b, "", false, fmt.Sprintf("u-%d", i)))
+			ctxs[i] = carrier.ContextWithSession(trace.ContextWithRemoteSpanContext(ctx, sc), benchSession)
+		}
+		c := &kafkaHeaders{h: make([]header, 0, 8)}
+		i := 0
+		b.ReportAllocs()
+		defer reportCPU(b, cpuNanos())
+		for b.Loop() {
+			c.h = c.h[:0]
+			p.Inject(ctxs[i], c)
+			if i++; i == len(ctxs) {
+				i = 0
+			}
+		}
+		if len(c.h) != 4 {
+			b.Fatalf("wrote %d headers", len(c.h))
+		}
+	})
 	b.Run("stock", func(b *testing.B) {
 		p := stockPropagator()
 		ctx := baggage.ContextWithBaggage(context.Background(), benchBaggage(b, benchSession, true))
@@ -85,6 +109,28 @@ func BenchmarkInject(b *testing.B) {
 		for b.Loop() {
 			c.h = c.h[:0]
 			p.Inject(ctx, c)
+		}
+		if len(c.h) != 3 {
+			b.Fatalf("wrote %d headers", len(c.h))
+		}
+	})
+	b.Run("stock/distinct", func(b *testing.B) {
+		p := stockPropagator()
+		ctxs := make([]context.Context, 1<<14)
+		for i := range ctxs {
+			ctx := baggage.ContextWithBaggage(context.Background(), benchBaggageOf(b, benchSession, true, fmt.Sprintf("u-%d", i)))
+			ctxs[i] = trace.ContextWithRemoteSpanContext(ctx, sc)
+		}
+		c := &stockHeaders{h: make([]header, 0, 8)}
+		i := 0
+		b.ReportAllocs()
+		defer reportCPU(b, cpuNanos())
+		for b.Loop() {
+			c.h = c.h[:0]
+			p.Inject(ctxs[i], c)
+			if i++; i == len(ctxs) {
+				i = 0
+			}
 		}
 		if len(c.h) != 3 {
 			b.Fatalf("wrote %d headers", len(c.h))

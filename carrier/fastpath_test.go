@@ -132,3 +132,53 @@ func describeContext(ctx context.Context) string {
 		sc.IsValid(), sc.TraceID(), sc.SpanID(), sc.TraceState().String(), link.IsValid(), link.TraceState().String(),
 		carrier.SessionFromContext(ctx), ms, out.h)
 }
+
+// TestInjectCacheMatchesFresh checks that Inject, which remembers the
+// encoding of a Baggage it has written before, writes the same headers and
+// counts the same drops as a propagator that has never seen the Baggage,
+// when one Baggage is injected repeatedly with changing sessions.
+func TestInjectCacheMatchesFresh(t *testing.T) {
+	sc, _ := carrier.ParseTraceparent(validTP)
+	mk := func(kv ...string) baggage.Baggage {
+		var ms []baggage.Member
+		for i := 0; i < len(kv); i += 2 {
+			m, err := baggage.NewMemberRaw(kv[i], kv[i+1])
+			if err != nil {
+				t.Fatal(err)
+			}
+			ms = append(ms, m)
+		}
+		b, _ := baggage.New(ms...)
+		return b
+	}
+	bags := []baggage.Baggage{
+		mk("tenant", "acme", "user.id", "u-1"),
+		mk("tenant", "acme", "password", "x", "api_token", "y", "v", "a b%c"),
+		mk(carrier.BaggageSessionKey, "from-baggage", "k", "v"),
+		mk("big", strings.Repeat("x", 5000), "bigger", strings.Repeat("y", 5000)),
+	}
+	sessions := []string{"", "s-1", "s-2", "bad session"}
+	r := rand.New(rand.NewPCG(7, 8))
+	for _, opts := range [][]carrier.Option{nil, {carrier.WithBaggageFilter(carrier.AllowKeys("tenant", "k"))}} {
+		warm, warmDrops := newProp(t, opts...)
+		for i := range 400 {
+			ctx := baggage.ContextWithBaggage(context.Background(), bags[r.IntN(len(bags))])
+			ctx = trace.ContextWithRemoteSpanContext(ctx, sc)
+			if s := sessions[r.IntN(len(sessions))]; s != "" {
+				ctx = carrier.ContextWithSession(ctx, s)
+			}
+			fresh, freshDrops := newProp(t, opts...)
+			want := &kafkaHeaders{}
+			fresh.Inject(ctx, want)
+			before := warmDrops.counts(t)
+			got := &kafkaHeaders{}
+			warm.Inject(ctx, got)
+			if fmt.Sprint(got.h) != fmt.Sprint(want.h) {
+				t.Fatalf("inject %d:\n got %q\nwant %q", i, got.h, want.h)
+			}
+			if d := dropDelta(before, warmDrops.counts(t)); !equalCounts(d, freshDrops.counts(t)) {
+				t.Fatalf("inject %d: drops %v, want %v", i, d, freshDrops.counts(t))
+			}
+		}
+	}
+}

@@ -2,6 +2,7 @@ package carrier
 
 import (
 	"context"
+	"hash/maphash"
 	"slices"
 	"strconv"
 	"strings"
@@ -40,6 +41,7 @@ type Propagator struct {
 	allow    map[string]struct{}
 	tsCache  *parseCache[*tsEntry]
 	bagCache *parseCache[*bagEntry]
+	encCache *encCache
 }
 
 var _ propagation.TextMapPropagator = (*Propagator)(nil)
@@ -54,6 +56,7 @@ func NewPropagator(opts ...Option) *Propagator {
 	}
 	p.tsCache = newParseCache[*tsEntry]()
 	p.bagCache = newParseCache[*bagEntry]()
+	p.encCache = &encCache{seed: maphash.MakeSeed()}
 	if c.trust == Untrusted {
 		p.allow = make(map[string]struct{}, len(c.allowBaggage)+1)
 		for _, k := range c.allowBaggage {
@@ -85,7 +88,16 @@ func (p *Propagator) Inject(ctx context.Context, c propagation.TextMapCarrier) {
 		p.drops.add(fieldSession, dropInvalid)
 		sess = ""
 	}
-	members := baggage.FromContext(ctx).Members()
+	bag := baggage.FromContext(ctx)
+	id := bagIdentity(bag)
+	var enc *bagEnc
+	if id != 0 {
+		enc = p.encCache.get(id, sess)
+	}
+	var members []baggage.Member
+	if enc == nil {
+		members = bag.Members()
+	}
 	var l2 *levelTwoState
 	if sc.IsValid() {
 		if s, ok := ctx.Value(levelTwoKey{}).(*levelTwoState); ok && s.traceID == sc.TraceID() {
@@ -102,11 +114,16 @@ func (p *Propagator) Inject(ctx context.Context, c propagation.TextMapCarrier) {
 			n += len(l2.full) + 1
 		}
 	}
-	if sess != "" {
-		n += len(sess) + len(BaggageSessionKey) + 2 + baggageValueLen(sess) // header + baggage member
-	}
-	for _, m := range members {
-		n += len(m.Key()) + 2 + baggageValueLen(m.Value())
+	n += len(sess)
+	if enc != nil {
+		n += len(enc.enc)
+	} else {
+		if sess != "" {
+			n += len(BaggageSessionKey) + 2 + baggageValueLen(sess)
+		}
+		for _, m := range members {
+			n += len(m.Key()) + 2 + baggageValueLen(m.Value())
+		}
 	}
 	buf := make([]byte, 0, n+16)
 
@@ -119,7 +136,17 @@ func (p *Propagator) Inject(ctx context.Context, c propagation.TextMapCarrier) {
 		spans[1][1] = len(buf)
 	}
 	spans[2][0] = len(buf)
-	buf = p.appendBaggage(buf, members, sess)
+	if enc != nil {
+		buf = append(buf, enc.enc...)
+		p.drops.replay(fieldBaggage, enc.drops)
+	} else {
+		store := id != 0 && p.encCache.admit(id)
+		sink := dropSink{d: p.drops, f: fieldBaggage, record: store}
+		buf = p.appendBaggage(buf, members, sess, &sink)
+		if store {
+			p.encCache.put(&bagEnc{id: id, bag: bag, sess: sess, enc: slices.Clone(buf[spans[2][0]:]), drops: sink.rs})
+		}
+	}
 	spans[2][1] = len(buf)
 	spans[3][0] = len(buf)
 	buf = append(buf, sess...)
@@ -219,7 +246,7 @@ func appendTraceState(dst []byte, ts trace.TraceState, l2 *levelTwoState) []byte
 // appendBaggage writes the session first, so it survives any truncation,
 // then the members the filter admits, sorted by key so equal baggage gives
 // equal bytes. Over 64 members or 8192 bytes, whole members are dropped.
-func (p *Propagator) appendBaggage(dst []byte, members []baggage.Member, sess string) []byte {
+func (p *Propagator) appendBaggage(dst []byte, members []baggage.Member, sess string, drop *dropSink) []byte {
 	start := len(dst)
 	count := 0
 	if sess != "" {
@@ -249,11 +276,11 @@ func (p *Propagator) appendBaggage(dst []byte, members []baggage.Member, sess st
 			continue
 		}
 		if !p.cfg.filter(m.Key()) {
-			p.drops.add(fieldBaggage, dropFiltered)
+			drop.add(dropFiltered)
 			continue
 		}
 		if count >= maxBaggageMembers {
-			p.drops.add(fieldBaggage, dropTooMany)
+			drop.add(dropTooMany)
 			continue
 		}
 		mark := len(dst)
@@ -273,7 +300,7 @@ func (p *Propagator) appendBaggage(dst []byte, members []baggage.Member, sess st
 		}
 		if len(dst)-start > maxBaggageBytes {
 			dst = dst[:mark]
-			p.drops.add(fieldBaggage, dropTooLarge)
+			drop.add(dropTooLarge)
 			continue
 		}
 		count++

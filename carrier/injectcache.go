@@ -1,0 +1,78 @@
+package carrier
+
+import (
+	"hash/maphash"
+	"reflect"
+	"sync/atomic"
+
+	"go.opentelemetry.io/otel/baggage"
+)
+
+// Inject spends most of its time on baggage: Baggage.Members allocates and
+// converts every member, and each member is then sorted, filtered and
+// percent-encoded. Yet the same Baggage is injected over and over: a handler
+// that publishes several messages, and every journey whose baggage Extract
+// served from its cache, which hands out one shared Baggage per header value.
+// A Baggage is immutable, so its encoding is remembered by identity.
+const encSlots = 64
+
+// bagEnc is the encoded baggage header (session member included) that Inject
+// wrote for one Baggage and session, with the filter drops it caused.
+type bagEnc struct {
+	id    uintptr
+	bag   baggage.Baggage // holds the map, so that id cannot be reused while cached
+	sess  string
+	enc   []byte
+	drops []dropReason
+}
+
+// encCache is a direct-mapped set of bagEnc, lock-free: entries are never
+// modified once published.
+type encCache struct {
+	seed  maphash.Seed
+	slots [encSlots]atomic.Pointer[bagEnc]
+	// door holds identities seen once; as for parseCache, a Baggage is
+	// remembered only when it comes again, so that injecting a new Baggage
+	// every time costs no allocation.
+	door [encSlots]atomic.Uintptr
+}
+
+func (c *encCache) slot(id uintptr) int {
+	return int(maphash.Comparable(c.seed, id) % encSlots)
+}
+
+func (c *encCache) get(id uintptr, sess string) *bagEnc {
+	if e := c.slots[c.slot(id)].Load(); e != nil && e.id == id && e.sess == sess {
+		return e
+	}
+	return nil
+}
+
+// admit reports whether id was seen recently, and remembers it if not.
+func (c *encCache) admit(id uintptr) bool {
+	d := &c.door[c.slot(id)]
+	if d.Load() == id {
+		return true
+	}
+	d.Store(id)
+	return false
+}
+
+func (c *encCache) put(e *bagEnc) { c.slots[c.slot(e.id)].Store(e) }
+
+// bagIdentity returns the address of b's member map, or 0 when b is empty or
+// its representation is not the single map this relies on; then Inject
+// simply does not use the cache. Only the address is read, never the map.
+func bagIdentity(b baggage.Baggage) uintptr {
+	if b.Len() == 0 {
+		return 0
+	}
+	v := reflect.ValueOf(b)
+	if v.NumField() != 1 {
+		return 0
+	}
+	if f := v.Field(0); f.Kind() == reflect.Map {
+		return f.Pointer()
+	}
+	return 0
+}

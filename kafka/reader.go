@@ -117,12 +117,7 @@ func (r *Reader) delivery(msg *kafkago.Message) msgtrace.Delivery {
 		ServerAddress: r.addr,
 		ServerPort:    r.port,
 	}
-	attrs := make([]attribute.KeyValue, 1, 2)
-	attrs[0] = semconv.MessagingKafkaOffset(int(msg.Offset))
-	if msg.Key != nil {
-		attrs = append(attrs, semconv.MessagingKafkaMessageKey(string(msg.Key)))
-	}
-	m.Attrs = attrs
+	m.Lazy = (*readAttrs)(msg)
 	return msgtrace.Delivery{
 		Message:     m,
 		Carrier:     NewCarrier(&msg.Headers),
@@ -248,4 +243,15 @@ func (r *Reader) Close() error {
 		p.End(nil)
 	}
 	return r.Reader.Close()
+}
+
+// readAttrs adds a fetched message's offset and key for a recording span.
+type readAttrs kafkago.Message
+
+func (m *readAttrs) AppendAttrs(dst []attribute.KeyValue) []attribute.KeyValue {
+	dst = append(dst, semconv.MessagingKafkaOffset(int(m.Offset)))
+	if m.Key != nil {
+		dst = append(dst, semconv.MessagingKafkaMessageKey(string(m.Key)))
+	}
+	return dst
 }

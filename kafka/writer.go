@@ -95,11 +95,19 @@ func (w *Writer) describe(m *kafkago.Message) msgtrace.Message {
 	if topic == "" {
 		topic = w.Topic
 	}
-	d := msgtrace.Message{Destination: topic, BodySize: len(m.Value), ServerAddress: w.addr, ServerPort: w.port}
-	if m.Key != nil {
-		d.Attrs = []attribute.KeyValue{semconv.MessagingKafkaMessageKey(string(m.Key))}
+	return msgtrace.Message{Destination: topic, BodySize: len(m.Value), ServerAddress: w.addr, ServerPort: w.port,
+		Lazy: (*writtenAttrs)(m)}
+}
+
+// writtenAttrs adds the key of a message being written; m is the writer's
+// own copy, already on the heap, so the interface costs nothing.
+type writtenAttrs kafkago.Message
+
+func (m *writtenAttrs) AppendAttrs(dst []attribute.KeyValue) []attribute.KeyValue {
+	if m.Key == nil {
+		return dst
 	}
-	return d
+	return append(dst, semconv.MessagingKafkaMessageKey(string(m.Key)))
 }
 
 // WriteMessages traces and writes msgs like kafkago.Writer.WriteMessages.

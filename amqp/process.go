@@ -54,8 +54,11 @@ type Delivery struct {
 // deliveries consumed with auto-ack. Headers of the wrong type or malformed
 // trace headers never fail: the message simply starts a new trace.
 func (t *Tracer) StartProcess(ctx context.Context, d amqp091.Delivery) (context.Context, *Delivery) {
-	ctx, p := t.t.StartProcess(ctx, describe(t.t, &d, ""))
-	pd := &Delivery{Delivery: d, p: p, ctx: ctx, real: d.Acknowledger}
+	// Described from pd's copy, which is on the heap anyway: &d would move
+	// the parameter there too, one more allocation per message.
+	pd := &Delivery{Delivery: d, real: d.Acknowledger}
+	ctx, pd.p = t.t.StartProcess(ctx, describe(t.t, &pd.Delivery, ""))
+	pd.ctx = ctx
 	pd.Delivery.Acknowledger = settler{pd}
 	return ctx, pd
 }
@@ -140,13 +143,9 @@ func describe(t *msgtrace.Tracer, d *amqp091.Delivery, queue string) msgtrace.De
 			dest = d.RoutingKey
 		}
 	}
-	attrs := make([]attribute.KeyValue, 0, 2)
-	attrs = append(attrs, semconv.MessagingRabbitMQMessageDeliveryTag(int(d.DeliveryTag)))
-	if d.RoutingKey != "" {
-		attrs = append(attrs, semconv.MessagingRabbitMQDestinationRoutingKey(d.RoutingKey))
-	}
 	md := msgtrace.Delivery{
-		Message:     msgtrace.Message{Destination: dest, ID: d.MessageId, BodySize: len(d.Body), Attrs: attrs},
+		Message: msgtrace.Message{Destination: dest, ID: d.MessageId, BodySize: len(d.Body),
+			Lazy: (*deliveryAttrs)(d)},
 		Carrier:     Carrier(d.Headers),
 		PublishedAt: d.Timestamp,
 	}
@@ -210,4 +209,15 @@ func toInt(v any) (int64, bool) {
 		return i, err == nil
 	}
 	return 0, false
+}
+
+// deliveryAttrs adds a delivery's tag and routing key to a recording span.
+type deliveryAttrs amqp091.Delivery
+
+func (d *deliveryAttrs) AppendAttrs(dst []attribute.KeyValue) []attribute.KeyValue {
+	dst = append(dst, semconv.MessagingRabbitMQMessageDeliveryTag(int(d.DeliveryTag)))
+	if d.RoutingKey != "" {
+		dst = append(dst, semconv.MessagingRabbitMQDestinationRoutingKey(d.RoutingKey))
+	}
+	return dst
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
+	"go.opentelemetry.io/otel/attribute"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 
 	"github.com/tracebridge/tracebridge"
@@ -189,7 +190,9 @@ type Confirmation struct {
 	dc        *amqp091.DeferredConfirmation
 	key       returnKey
 	mandatory bool
-	where     string
+	// exchange and routingKey name the publish in errors and, for a
+	// recording span, its routing-key attribute.
+	exchange, routingKey string
 
 	once sync.Once
 	err  error
@@ -199,7 +202,6 @@ type Confirmation struct {
 // not wait for the broker: Wait on the Confirmation ends the span with the
 // broker's answer. Without WithConfirms the Confirmation is already done.
 func (p *Publisher) PublishWithDeferredConfirm(ctx context.Context, exchange, key string, mandatory, immediate bool, msg amqp091.Publishing) (*Confirmation, error) {
-	where := fmt.Sprintf("exchange %q routing key %q", exchange, key)
 	h := make(amqp091.Table, len(msg.Headers)+4)
 	for k, v := range msg.Headers {
 		h[k] = v
@@ -209,24 +211,20 @@ func (p *Publisher) PublishWithDeferredConfirm(ctx context.Context, exchange, ke
 	if dest == "" {
 		dest = key // the default exchange routes by queue name
 	}
-	m := msgtrace.Message{Destination: dest, ID: msg.MessageId, BodySize: len(msg.Body),
-		ServerAddress: p.addr, ServerPort: p.port}
-	if key != "" {
-		m.Attrs = append(m.Attrs, semconv.MessagingRabbitMQDestinationRoutingKey(key))
-	}
-	sctx, op := p.t.StartSend(ctx, Carrier(h), m)
-	c := &Confirmation{p: p, op: op, ctx: sctx, mandatory: mandatory, where: where}
+	c := &Confirmation{p: p, mandatory: mandatory, exchange: exchange, routingKey: key}
+	c.ctx, c.op = p.t.StartSend(ctx, Carrier(h), msgtrace.Message{Destination: dest, ID: msg.MessageId,
+		BodySize: len(msg.Body), ServerAddress: p.addr, ServerPort: p.port, Lazy: (*sendAttrs)(c)})
 
 	pc, err := p.channel(ctx)
 	if err != nil {
-		err = fmt.Errorf("amqp: publish to %s: %w", where, err)
+		err = fmt.Errorf("amqp: publish to %s: %w", c.where(), err)
 		c.finish(err)
 		return nil, err
 	}
 	c.pc = pc
 	if !pc.confirms {
 		err := pc.ch.PublishWithContext(ctx, exchange, key, mandatory, immediate, msg)
-		if c.finish(p.publishErr(pc, where, err)); c.err != nil {
+		if c.finish(p.publishErr(pc, c, err)); c.err != nil {
 			return nil, c.err
 		}
 		return c, nil
@@ -240,20 +238,36 @@ func (p *Publisher) PublishWithDeferredConfirm(ctx context.Context, exchange, ke
 		if mandatory {
 			pc.forget(c.key)
 		}
-		c.finish(p.publishErr(pc, where, err))
+		c.finish(p.publishErr(pc, c, err))
 		return nil, c.err
 	}
 	return c, nil
 }
 
-func (p *Publisher) publishErr(pc *pubChannel, where string, err error) error {
+func (p *Publisher) publishErr(pc *pubChannel, c *Confirmation, err error) error {
 	if err == nil {
 		return nil
 	}
 	if errors.Is(err, amqp091.ErrClosed) || pc.ch.IsClosed() {
-		return fmt.Errorf("amqp: publish to %s: %w: %w", where, ErrDisconnected, err)
+		return fmt.Errorf("amqp: publish to %s: %w: %w", c.where(), ErrDisconnected, err)
 	}
-	return fmt.Errorf("amqp: publish to %s: %w", where, err)
+	return fmt.Errorf("amqp: publish to %s: %w", c.where(), err)
+}
+
+// where names the publish for an error. Only a failed publish needs it, so
+// it is not formatted for every message.
+func (c *Confirmation) where() string {
+	return fmt.Sprintf("exchange %q routing key %q", c.exchange, c.routingKey)
+}
+
+// sendAttrs adds the routing key to a recording send span.
+type sendAttrs Confirmation
+
+func (c *sendAttrs) AppendAttrs(dst []attribute.KeyValue) []attribute.KeyValue {
+	if c.routingKey == "" {
+		return dst
+	}
+	return append(dst, semconv.MessagingRabbitMQDestinationRoutingKey(c.routingKey))
 }
 
 // Done is closed when the broker has answered (or the channel closed).
@@ -278,7 +292,7 @@ func (c *Confirmation) Wait(ctx context.Context) error {
 	select {
 	case <-c.dc.Done():
 	case <-ctx.Done():
-		c.finish(fmt.Errorf("amqp: publish to %s: waiting for confirm: %w", c.where, ctx.Err()))
+		c.finish(fmt.Errorf("amqp: publish to %s: waiting for confirm: %w", c.where(), ctx.Err()))
 		return c.err
 	}
 	acked := c.dc.Acked()
@@ -292,9 +306,9 @@ func (c *Confirmation) Wait(ctx context.Context) error {
 		err = &ReturnedError{Return: *ret}
 	case acked:
 	case c.pc.ch.IsClosed():
-		err = fmt.Errorf("amqp: publish to %s: %w", c.where, ErrConfirmLost)
+		err = fmt.Errorf("amqp: publish to %s: %w", c.where(), ErrConfirmLost)
 	default:
-		err = fmt.Errorf("amqp: publish to %s: %w", c.where, ErrNacked)
+		err = fmt.Errorf("amqp: publish to %s: %w", c.where(), ErrNacked)
 	}
 	c.finish(err)
 	return c.err

@@ -2,6 +2,7 @@ package nats
 
 import (
 	"strings"
+	"sync"
 
 	natsgo "github.com/nats-io/nats.go"
 	"go.opentelemetry.io/otel/propagation"
@@ -95,6 +96,17 @@ type injector struct {
 	h    HeaderCarrier
 	slab [4]string
 	n    int
+}
+
+// injectors holds injectors with their header maps for messages the
+// package builds and discards itself (see Conn.Publish).
+var injectors = sync.Pool{New: func() any { return &injector{h: make(HeaderCarrier, 4)} }}
+
+// reset empties in for reuse, dropping its references to the values.
+func (in *injector) reset() {
+	clear(in.h)
+	in.slab = [4]string{}
+	in.n = 0
 }
 
 func (in *injector) Get(key string) string { return in.h.Get(key) }

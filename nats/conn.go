@@ -63,7 +63,17 @@ func (c *Conn) describe(subject string, size int) msgtrace.Message {
 // Publish publishes data to subj in a PRODUCER "send" span whose context
 // travels in the message headers.
 func (c *Conn) Publish(ctx context.Context, subj string, data []byte) error {
-	return c.PublishMsg(ctx, &natsgo.Msg{Subject: subj, Data: data})
+	if c.Conn == nil || !c.Conn.HeadersSupported() {
+		return c.PublishMsg(ctx, &natsgo.Msg{Subject: subj, Data: data})
+	}
+	// The message never leaves this call and nats.go encodes its headers
+	// into its own buffer before PublishMsg returns, so the header map and
+	// value slab can be reused: a fresh map costs two allocations.
+	in := injectors.Get().(*injector)
+	err := c.publish(ctx, &natsgo.Msg{Subject: subj, Data: data, Header: natsgo.Header(in.h)}, in)
+	in.reset()
+	injectors.Put(in)
+	return err
 }
 
 // PublishMsg publishes m in a PRODUCER "send" span and writes the journey
@@ -72,7 +82,11 @@ func (c *Conn) Publish(ctx context.Context, subj string, data []byte) error {
 // send span links to it. On a connection without header support the
 // message goes out without headers and only the send span records it.
 func (c *Conn) PublishMsg(ctx context.Context, m *natsgo.Msg) error {
-	ctx, op := c.startSend(ctx, m, c.describe(m.Subject, len(m.Data)))
+	return c.publish(ctx, m, headerCarrier(c.Conn, m))
+}
+
+func (c *Conn) publish(ctx context.Context, m *natsgo.Msg, hc propagation.TextMapCarrier) error {
+	ctx, op := c.t.StartSend(ctx, hc, c.describe(m.Subject, len(m.Data)))
 	err := c.Conn.PublishMsg(m)
 	if err != nil {
 		err = fmt.Errorf("nats: publish to %q: %w", m.Subject, err)
@@ -99,10 +113,6 @@ func headerCarrier(nc *natsgo.Conn, m *natsgo.Msg) propagation.TextMapCarrier {
 		m.Header = make(natsgo.Header, 4)
 	}
 	return &injector{h: HeaderCarrier(m.Header)}
-}
-
-func (c *Conn) startSend(ctx context.Context, m *natsgo.Msg, d msgtrace.Message) (context.Context, msgtrace.Op) {
-	return c.t.StartSend(ctx, headerCarrier(c.Conn, m), d)
 }
 
 // Request sends a request in a CLIENT "request" span and waits up to

@@ -11,6 +11,7 @@ import (
 
 	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
@@ -246,8 +247,7 @@ func (c *Consumer) delivery(msg jetstream.Msg) msgtrace.Delivery {
 		d.Deliveries = int(md.NumDelivered)
 		d.Identity = md.Stream + "/" + strconv.FormatUint(md.Sequence.Stream, 10)
 		d.PublishedAt = md.Timestamp
-		d.Attrs = append(d.Attrs, StreamKey.String(md.Stream), StreamSequenceKey.Int64(int64(md.Sequence.Stream)),
-			DeliveredKey.Int64(int64(md.NumDelivered)))
+		d.Lazy = (*streamAttrs)(md)
 	}
 	return d
 }
@@ -327,3 +327,12 @@ func (w *workers) handle(m jetstream.Msg) {
 }
 
 func (w *workers) wait() { w.wg.Wait() }
+
+// streamAttrs adds a JetStream message's stream position to a recording
+// span; the metadata is already on the heap, so carrying it costs nothing.
+type streamAttrs jetstream.MsgMetadata
+
+func (md *streamAttrs) AppendAttrs(dst []attribute.KeyValue) []attribute.KeyValue {
+	return append(dst, StreamKey.String(md.Stream), StreamSequenceKey.Int64(int64(md.Sequence.Stream)),
+		DeliveredKey.Int64(int64(md.NumDelivered)))
+}

@@ -14,6 +14,7 @@ import (
 	"github.com/tracebridge/tracebridge"
 	"github.com/tracebridge/tracebridge/carrier"
 	"github.com/tracebridge/tracebridge/internal/msgtrace"
+	"github.com/tracebridge/tracebridge/internal/testenv"
 	"github.com/tracebridge/tracebridge/jobs"
 )
 
@@ -121,15 +122,15 @@ func TestContinuity10000JobsFrom100Sessions(t *testing.T) {
 
 	sends := map[trace.SpanID]trace.TraceID{}
 	sendSession := map[trace.SpanID]string{}
-	for _, s := range spansNamed(tel, "send jobs") {
+	for _, s := range tel.Named("send jobs") {
 		if s.SpanKind() != trace.SpanKindProducer {
 			t.Fatalf("send span kind %v", s.SpanKind())
 		}
 		sends[s.SpanContext().SpanID()] = s.SpanContext().TraceID()
-		v, _ := attr(s, msgtrace.SessionIDKey)
+		v, _ := testenv.Attr(s, msgtrace.SessionIDKey)
 		sendSession[s.SpanContext().SpanID()] = v.AsString()
 	}
-	procs := spansNamed(tel, "process jobs")
+	procs := tel.Named("process jobs")
 	if len(sends) != sessions*perSession || len(procs) != sessions*perSession {
 		t.Fatalf("%d send and %d process spans, want %d each", len(sends), len(procs), sessions*perSession)
 	}
@@ -137,8 +138,8 @@ func TestContinuity10000JobsFrom100Sessions(t *testing.T) {
 	for _, p := range procs {
 		parent := p.Parent().SpanID()
 		tid, ok := sends[parent]
-		sess, _ := attr(p, msgtrace.SessionIDKey)
-		att, _ := attr(p, msgtrace.AttemptKey)
+		sess, _ := testenv.Attr(p, msgtrace.SessionIDKey)
+		att, _ := testenv.Attr(p, msgtrace.AttemptKey)
 		switch {
 		case p.SpanKind() != trace.SpanKindConsumer:
 			t.Errorf("process span kind %v", p.SpanKind())

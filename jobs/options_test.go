@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tracebridge/tracebridge/internal/testenv"
 	"github.com/tracebridge/tracebridge/jobs"
 )
 
@@ -91,8 +92,8 @@ func TestUniqueDropAndMerge(t *testing.T) {
 		t.Fatalf("ran %q: the dropped duplicate ran", got)
 	}
 	dups := 0
-	for _, s := range spansNamed(tel, "send jobs") {
-		if v, ok := attr(s, jobs.DuplicateKey); ok && (v.AsString() == "dropped" || v.AsString() == "merged") {
+	for _, s := range tel.Named("send jobs") {
+		if v, ok := testenv.Attr(s, jobs.DuplicateKey); ok && (v.AsString() == "dropped" || v.AsString() == "merged") {
 			dups++
 		}
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/tracebridge/tracebridge"
 	"github.com/tracebridge/tracebridge/carrier"
 	"github.com/tracebridge/tracebridge/internal/msgtrace"
+	"github.com/tracebridge/tracebridge/internal/testenv"
 	"github.com/tracebridge/tracebridge/jobs"
 )
 
@@ -24,14 +25,14 @@ func attemptsOf(t *testing.T, procs []sdktrace.ReadOnlySpan, id string) []sdktra
 	t.Helper()
 	var out []sdktrace.ReadOnlySpan
 	for _, p := range procs {
-		if v, _ := attr(p, "messaging.message.id"); v.AsString() == id {
+		if v, _ := testenv.Attr(p, "messaging.message.id"); v.AsString() == id {
 			out = append(out, p)
 		}
 	}
 	for i := range out {
 		for j := i + 1; j < len(out); j++ {
-			a, _ := attr(out[i], msgtrace.AttemptKey)
-			b, _ := attr(out[j], msgtrace.AttemptKey)
+			a, _ := testenv.Attr(out[i], msgtrace.AttemptKey)
+			b, _ := testenv.Attr(out[j], msgtrace.AttemptKey)
 			if b.AsInt64() < a.AsInt64() {
 				out[i], out[j] = out[j], out[i]
 			}
@@ -128,17 +129,17 @@ func TestFailTwiceThenSucceed(t *testing.T) {
 	}
 
 	sends := map[trace.SpanID]bool{}
-	for _, s := range spansNamed(tel, "send jobs") {
+	for _, s := range tel.Named("send jobs") {
 		sends[s.SpanContext().SpanID()] = true
 	}
-	procs := spansNamed(tel, "process jobs")
+	procs := tel.Named("process jobs")
 	for id := range ids {
 		spans := attemptsOf(t, procs, id)
 		if len(spans) != 3 {
 			t.Fatalf("job %s: %d attempt spans, want 3", id, len(spans))
 		}
 		for i, s := range spans {
-			if a, _ := attr(s, msgtrace.AttemptKey); a.AsInt64() != int64(i+1) {
+			if a, _ := testenv.Attr(s, msgtrace.AttemptKey); a.AsInt64() != int64(i+1) {
 				t.Fatalf("job %s: span %d has attempt %d", id, i, a.AsInt64())
 			}
 			if !sends[s.Parent().SpanID()] || s.SpanContext().TraceID() != root.SpanContext().TraceID() {
@@ -227,7 +228,7 @@ func TestAlwaysFailingJobGoesDead(t *testing.T) {
 	if d.session != "sess-dead" || d.traceID != root.SpanContext().TraceID() {
 		t.Fatalf("dead-job handler journey: session %q trace %s", d.session, d.traceID)
 	}
-	spans := attemptsOf(t, spansNamed(tel, "process jobs"), id)
+	spans := attemptsOf(t, tel.Named("process jobs"), id)
 	if len(spans) != 3 {
 		t.Fatalf("%d attempt spans, want 3", len(spans))
 	}
@@ -239,7 +240,7 @@ func TestAlwaysFailingJobGoesDead(t *testing.T) {
 		if (s.Status().Code == codes.Error) != wantErr {
 			t.Fatalf("attempt %d status %v; only the final attempt is Error", i+1, s.Status())
 		}
-		final, _ := attr(s, msgtrace.RetryFinalKey)
+		final, _ := testenv.Attr(s, msgtrace.RetryFinalKey)
 		if final.AsBool() != wantErr {
 			t.Fatalf("attempt %d tracebridge.retry.final = %v", i+1, final.AsBool())
 		}
@@ -261,7 +262,7 @@ func TestErrorOnEveryAttempt(t *testing.T) {
 	}
 	waitDead(t, deadCh)
 	_, _ = r.Shutdown(context.Background())
-	spans := attemptsOf(t, spansNamed(tel, "process jobs"), id)
+	spans := attemptsOf(t, tel.Named("process jobs"), id)
 	if len(spans) != 2 {
 		t.Fatalf("%d attempts, want 2 (WithRetry's runner default)", len(spans))
 	}
@@ -304,7 +305,7 @@ func TestPanickingJobGoesDeadWithStack(t *testing.T) {
 		t.Fatal("the only worker did not survive the panics")
 	}
 	_, _ = r.Shutdown(context.Background())
-	spans := attemptsOf(t, spansNamed(tel, "process jobs"), id)
+	spans := attemptsOf(t, tel.Named("process jobs"), id)
 	if len(spans) != 2 {
 		t.Fatalf("%d attempt spans, want 2", len(spans))
 	}
@@ -320,7 +321,7 @@ func TestPanickingJobGoesDeadWithStack(t *testing.T) {
 		if !strings.Contains(stack, "panicInHandler") {
 			t.Fatalf("attempt %d: no stack with the panicking function on the span", i+1)
 		}
-		if et, _ := attr(s, "error.type"); et.AsString() != "panic" {
+		if et, _ := testenv.Attr(s, "error.type"); et.AsString() != "panic" {
 			t.Fatalf("attempt %d error.type %q, want panic", i+1, et.AsString())
 		}
 	}
@@ -341,7 +342,7 @@ func TestPermanentSkipsRetries(t *testing.T) {
 	if d.job.Attempt != 1 || !tracebridge.IsPermanent(d.err) {
 		t.Fatalf("permanent failure dead at attempt %d with %v", d.job.Attempt, d.err)
 	}
-	if n := len(attemptsOf(t, spansNamed(tel, "process jobs"), id)); n != 1 {
+	if n := len(attemptsOf(t, tel.Named("process jobs"), id)); n != 1 {
 		t.Fatalf("%d attempts, want 1", n)
 	}
 }

@@ -97,8 +97,8 @@ func TestShutdownDeadlineReturnsUnrun(t *testing.T) {
 	if _, err := r.Enqueue(context.Background(), "fast", nil); !errors.Is(err, jobs.ErrClosed) {
 		t.Fatalf("enqueue after shutdown: %v, want ErrClosed", err)
 	}
-	for _, s := range spansNamed(tel, "process jobs") {
-		if v, _ := attr(s, jobs.InterruptedKey); v.AsBool() {
+	for _, s := range tel.Named("process jobs") {
+		if v, _ := testenv.Attr(s, jobs.InterruptedKey); v.AsBool() {
 			interrupted--
 		}
 	}

@@ -56,7 +56,7 @@ func TestGoKeepsJourneyAndShutdownWaits(t *testing.T) {
 	if s.session != "sess-go" || s.user != "u9" || s.traceID != root.SpanContext().TraceID() || s.err != nil || s.leaked {
 		t.Fatalf("Go task saw %+v", s)
 	}
-	spans := spansNamed(tel, "warm cache")
+	spans := tel.Named("warm cache")
 	if len(spans) != 1 {
 		t.Fatalf("%d task spans, want 1", len(spans))
 	}
@@ -88,7 +88,7 @@ func TestGoRecoversPanics(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, want := range map[string]string{"explode": "panicInTask", "fail": "upstream 503"} {
-		spans := spansNamed(tel, name)
+		spans := tel.Named(name)
 		if len(spans) != 1 || spans[0].Status().Code != codes.Error {
 			t.Fatalf("%s: %d spans, want 1 with status Error", name, len(spans))
 		}

@@ -276,6 +276,14 @@ func isBaggageOctet(c byte) bool {
 		(0x3C <= c && c <= 0x5B) || (0x5D <= c && c <= 0x7E)
 }
 
+// octet is isBaggageOctet as a table, for decoding.
+var octet = func() (t [256]bool) {
+	for c := range 256 {
+		t[c] = isBaggageOctet(byte(c))
+	}
+	return t
+}()
+
 // plainOctet marks the bytes Inject writes unencoded: baggage-octets but "%".
 // Every value byte is looked up, so it is a table.
 var plainOctet = func() (t [256]bool) {
@@ -307,7 +315,7 @@ func decodeBaggageValue(v string) (string, bool) {
 			i += 2
 			continue
 		}
-		if !isBaggageOctet(c) {
+		if !octet[c] {
 			return "", false
 		}
 	}

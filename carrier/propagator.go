@@ -640,20 +640,24 @@ func hasSessionPrefix(field string) bool {
 // session added. field must be owned; size is the decoded bytes.
 func (p *Propagator) baggageAfterSession(field string, scratch []bagMember) (members []bagMember, bag baggage.Baggage, size int, ok bool) {
 	first, rest, _ := strings.Cut(field, ",")
+	if rest == "" || len(rest) > maxCachedLen {
+		return nil, baggage.Baggage{}, 0, false
+	}
+	// The rest first: when it is new, the whole field is decoded anyway.
+	h := p.bagCache.hash(rest)
+	e, hit := p.bagCache.get(rest, h)
+	if !hit && !p.bagCache.admit(h) {
+		return nil, baggage.Baggage{}, 0, false
+	}
 	first = trimOWS(first)
-	if strings.IndexByte(first, ';') >= 0 || rest == "" {
+	if strings.IndexByte(first, ';') >= 0 {
 		return nil, baggage.Baggage{}, 0, false
 	}
 	sm, valid := parseBaggageMember(first)
-	if !valid || sm.key != BaggageSessionKey || len(rest) > maxCachedLen {
+	if !valid || sm.key != BaggageSessionKey {
 		return nil, baggage.Baggage{}, 0, false
 	}
-	h := p.bagCache.hash(rest)
-	e, hit := p.bagCache.get(rest, h)
 	if !hit {
-		if !p.bagCache.admit(h) {
-			return nil, baggage.Baggage{}, 0, false
-		}
 		sink := dropSink{f: fieldBaggage, record: true, silent: true}
 		l := p.parseBaggage([]string{rest}, nil, &sink)
 		e = &bagEntry{members: l.m, bytes: l.bytes, drops: sink.rs}

@@ -605,8 +605,20 @@ func (w *world) spans(js []*journey) map[trace.SpanID]sdktrace.ReadOnlySpan {
 		for _, j := range js {
 			for _, ss := range j.successes {
 				for _, sc := range ss {
-					if _, ok := all[sc.SpanID()]; !ok {
-						complete = false
+					// The whole chain above a hop must have ended too: a
+					// hop can finish before an upstream span does (a send
+					// still waiting for its broker's confirm).
+					for id := sc.SpanID(); ; {
+						s, ok := all[id]
+						if !ok {
+							complete = false
+							break
+						}
+						p := s.Parent()
+						if !p.IsValid() || p.TraceID() != s.SpanContext().TraceID() {
+							break
+						}
+						id = p.SpanID()
 					}
 				}
 			}

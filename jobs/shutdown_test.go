@@ -175,9 +175,9 @@ func TestQueueFull(t *testing.T) {
 	t.Run("block", func(t *testing.T) {
 		r, _ := newRunner(t, jobs.Config{QueueSize: 2}, tracebridge.WithConcurrency(1))
 		fill(t, r)
+		start := time.Now() // before the deadline is set, so the wait is at least 30ms from it
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
 		defer cancel()
-		start := time.Now()
 		if _, err := r.Enqueue(ctx, "hold", nil); !errors.Is(err, context.DeadlineExceeded) || time.Since(start) < 30*time.Millisecond {
 			t.Fatalf("blocked enqueue: %v after %v, want DeadlineExceeded after 30ms", err, time.Since(start))
 		}

@@ -242,10 +242,22 @@ func (d *demo) start(ctx context.Context, brokers []string, natsURL, amqpURL str
 	if err != nil {
 		return stop, fmt.Errorf("create consumer on %s: %w", streamName, err)
 	}
-	d.js = tnats.WrapJetStream(raw, tracebridge.WithTracerProvider(d.tel.service("payments")))
+	// Payments publishes the shipment request; without RabbitMQ, orders does.
+	publisher := "payments"
+	if !haveRabbit {
+		publisher = "orders"
+	}
+	d.js = tnats.WrapJetStream(raw, tracebridge.WithTracerProvider(d.tel.service(publisher)))
 	shipLog := d.tel.log.With("service", "shipping")
-	cc, err := tnats.NewConsumer(raw, cons, tracebridge.WithTracerProvider(shipTP)).Consume(
+	cc, err := tnats.NewConsumer(raw, cons, tracebridge.WithTracerProvider(shipTP),
+		tracebridge.WithRetry(3, 150*time.Millisecond, time.Second)).Consume(
 		func(ctx context.Context, m jetstream.Msg) error {
+			// Without RabbitMQ there is no payments hop to fail once, so
+			// shipping does, and the retry link still shows.
+			if !haveRabbit && d.payFail.Add(1) == 1 {
+				shipLog.WarnContext(ctx, "label printer offline; will retry", "order", string(m.Data()))
+				return errors.New("label printer: offline")
+			}
 			shipLog.InfoContext(ctx, "shipment requested", "order", string(m.Data()))
 			_, err := d.jobs.Enqueue(ctx, "print-label", m.Data())
 			return err

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tracebridge/tracebridge/internal/msgtrace"
 	"go.opentelemetry.io/otel/propagation"
 )
 
@@ -120,16 +121,12 @@ func DecodeEnvelope(c propagation.TextMapCarrier, payload []byte) (*Envelope, er
 func WaitUntil(ctx context.Context, t time.Time) error {
 	d := time.Until(t)
 	if d <= 0 {
-		return nil
+		return nil // due already: not even an ended ctx stops it
 	}
-	timer := time.NewTimer(d)
-	defer timer.Stop()
-	select {
-	case <-timer.C:
-		return nil
-	case <-ctx.Done():
+	if !msgtrace.Sleep(ctx, d) {
 		return ctx.Err()
 	}
+	return nil
 }
 
 // EnqueueOnly wraps a broker-backed queue for a runner that only enqueues

@@ -8,7 +8,6 @@ import (
 	"io"
 	"slices"
 	"sync"
-	"time"
 
 	kafkago "github.com/segmentio/kafka-go"
 	"go.opentelemetry.io/otel/propagation"
@@ -322,7 +321,7 @@ func (c *Consumer) handleBatch(base, stop context.Context, msgs []kafkago.Messag
 			return
 		}
 		p.End(bctx, err, false)
-		if stop.Err() != nil || !sleepCtx(stop, c.t.Backoff.Delay(attempt)) {
+		if stop.Err() != nil || !msgtrace.Sleep(stop, c.t.Backoff.Delay(attempt)) {
 			return // uncommitted: the batch is delivered again
 		}
 	}
@@ -348,24 +347,10 @@ func (c *Consumer) giveUpBatch(ctx, stop context.Context, msgs []kafkago.Message
 			if err == nil {
 				break
 			}
-			if !sleepCtx(stop, c.t.Backoff.Delay(n)) {
+			if !msgtrace.Sleep(stop, c.t.Backoff.Delay(n)) {
 				return false
 			}
 		}
 	}
 	return true
-}
-
-func sleepCtx(stop context.Context, d time.Duration) bool {
-	if d <= 0 {
-		return stop.Err() == nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-stop.Done():
-		return false
-	}
 }

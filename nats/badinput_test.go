@@ -67,12 +67,12 @@ func TestCoreBadHeadersReachHandler(t *testing.T) {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
 	}
-	eventually(t, 5*time.Second, "every message", func() bool {
+	testenv.WaitFor(t, "every message", 5*time.Second, func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(got) == len(badHeaders)
 	})
-	eventually(t, 5*time.Second, "spans", func() bool { return len(tel.Named("process "+subj)) == len(badHeaders) })
+	testenv.WaitFor(t, "spans", 5*time.Second, func() bool { return len(tel.Named("process "+subj)) == len(badHeaders) })
 	for _, s := range tel.Named("process " + subj) {
 		for name, sc := range got {
 			if sc.SpanID() == s.SpanContext().SpanID() {
@@ -113,7 +113,7 @@ func TestJetStreamBadHeadersAreAcked(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cc.Stop()
-	eventually(t, 10*time.Second, "every message acked", func() bool {
+	testenv.WaitFor(t, "every message acked", 10*time.Second, func() bool {
 		info, err := cons.Info(context.Background())
 		return err == nil && info.AckFloor.Stream == uint64(len(badHeaders)) && info.NumAckPending == 0
 	})

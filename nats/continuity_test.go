@@ -80,7 +80,7 @@ func handlerRecord(sn *seen, ctx context.Context, data []byte) {
 // message, and that the handler saw the message's session and baggage.
 func checkContinuity(t *testing.T, tel *testenv.Telemetry, sn *seen, processName, sendName string) {
 	t.Helper()
-	eventually(t, 30*time.Second, "process spans to end", func() bool { return len(tel.Named(processName)) >= numMessages })
+	testenv.WaitFor(t, "process spans to end", 30*time.Second, func() bool { return len(tel.Named(processName)) >= numMessages })
 	all := bySpanID(tel.Ended())
 	sn.mu.Lock()
 	defer sn.mu.Unlock()
@@ -162,7 +162,7 @@ func TestCoreContinuity(t *testing.T) {
 	if err := pub.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 60*time.Second, "all messages handled", func() bool { return sn.count() == numMessages })
+	testenv.WaitFor(t, "all messages handled", 60*time.Second, func() bool { return sn.count() == numMessages })
 	checkContinuity(t, tel, sn, "process "+subj, "send "+subj)
 }
 
@@ -215,7 +215,7 @@ func TestJetStreamContinuity(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 90*time.Second, "all messages handled", func() bool { return sn.count() == numMessages })
+	testenv.WaitFor(t, "all messages handled", 90*time.Second, func() bool { return sn.count() == numMessages })
 	cc.Stop()
 	<-cc.Closed()
 	checkContinuity(t, tel, sn, "process "+subj, "send "+subj)
@@ -229,7 +229,7 @@ func TestJetStreamContinuity(t *testing.T) {
 			t.Fatalf("send span sequence %d", v.AsInt64())
 		}
 	}
-	eventually(t, 10*time.Second, "acks to land", func() bool {
+	testenv.WaitFor(t, "acks to land", 10*time.Second, func() bool {
 		info, err := cons.Info(context.Background())
 		return err == nil && info.NumAckPending == 0 && info.NumPending == 0
 	})

@@ -46,7 +46,7 @@ func TestRequestReplyIsOneTraceWithLinkBack(t *testing.T) {
 		t.Fatalf("reply %q", reply.Data)
 	}
 
-	eventually(t, 5*time.Second, "process span", func() bool { return len(tel.Named("process "+subj)) == 1 })
+	testenv.WaitFor(t, "process span", 5*time.Second, func() bool { return len(tel.Named("process "+subj)) == 1 })
 	reqs := tel.Named("request " + subj)
 	if len(reqs) != 1 {
 		t.Fatalf("%d request spans", len(reqs))
@@ -100,7 +100,7 @@ func TestQueueGroupAndWildcardAttributes(t *testing.T) {
 	if err := c.Publish(context.Background(), base+".eu", []byte("x")); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "delivery", func() bool { return len(tel.Named("process "+base+".*")) == 1 })
+	testenv.WaitFor(t, "delivery", 5*time.Second, func() bool { return len(tel.Named("process "+base+".*")) == 1 })
 	s := tel.Named("process " + base + ".*")[0]
 	for k, want := range map[string]string{
 		"messaging.system":               "nats",
@@ -137,7 +137,7 @@ func TestCoreHandlerPanicIsRecordedAndSubscriptionSurvives(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, 5*time.Second, "both messages", func() bool { return len(tel.Named("process "+subj)) == 2 })
+	testenv.WaitFor(t, "both messages", 5*time.Second, func() bool { return len(tel.Named("process "+subj)) == 2 })
 	errs := 0
 	for _, s := range tel.Named("process " + subj) {
 		if s.Status().Code == codes.Error {

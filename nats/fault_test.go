@@ -82,7 +82,7 @@ func TestFaultServerRestartMidStream(t *testing.T) {
 	if err := <-restarted; err != nil {
 		t.Fatalf("restart: %v", err)
 	}
-	eventually(t, 60*time.Second, "every acknowledged publish consumed", func() bool {
+	testenv.WaitFor(t, "every acknowledged publish consumed", 60*time.Second, func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		for id := range acked {

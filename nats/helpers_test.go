@@ -96,18 +96,6 @@ func hasLink(s sdktrace.ReadOnlySpan, to trace.SpanID, kind string) bool {
 	return false
 }
 
-// eventually polls cond until it holds or d passes.
-func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // seen collects what handlers observed, keyed by message number.
 type seen struct {
 	mu       sync.Mutex

@@ -82,7 +82,7 @@ func TestRedeliveryLinksAttemptsWithBackoff(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cc.Stop()
-	eventually(t, 20*time.Second, "three attempts", func() bool { return len(e.tel.Named("process "+e.subj)) == 3 })
+	testenv.WaitFor(t, "three attempts", 20*time.Second, func() bool { return len(e.tel.Named("process "+e.subj)) == 3 })
 
 	send := e.tel.Named("send " + e.subj)[0]
 	if tp := tnats.HeaderCarrier(m.Header).Get("traceparent"); tp != carrier.FormatTraceparent(send.SpanContext()) {
@@ -153,7 +153,7 @@ func TestMaxDeliverLandsInDeadLetterWithJourney(t *testing.T) {
 	dl := readOne(t, e.js, dst)
 	// The final attempt's span ends after the term that follows the
 	// dead-letter publish.
-	eventually(t, 5*time.Second, "final attempt to end", func() bool { return len(e.tel.Named("process "+e.subj)) >= 3 })
+	testenv.WaitFor(t, "final attempt to end", 5*time.Second, func() bool { return len(e.tel.Named("process "+e.subj)) >= 3 })
 	spans := attemptsOf(e.tel.Named("process " + e.subj))
 	if len(spans) != 3 {
 		t.Fatalf("%d attempts, want MaxDeliver=3", len(spans))
@@ -188,12 +188,12 @@ func TestMaxDeliverLandsInDeadLetterWithJourney(t *testing.T) {
 	if !hasSettle(last, "term") {
 		t.Fatalf("final attempt was not termed: %v", last.Events())
 	}
-	eventually(t, 5*time.Second, "dead-letter send span", func() bool { return len(e.tel.Named("send "+dlq)) == 1 })
+	testenv.WaitFor(t, "dead-letter send span", 5*time.Second, func() bool { return len(e.tel.Named("send "+dlq)) == 1 })
 	dsend := e.tel.Named("send " + dlq)[0]
 	if dsend.Parent().SpanID() != last.SpanContext().SpanID() {
 		t.Fatal("dead-letter publish is not a child of the final attempt")
 	}
-	eventually(t, 5*time.Second, "message settled", func() bool {
+	testenv.WaitFor(t, "message settled", 5*time.Second, func() bool {
 		info, err := cons.Info(context.Background())
 		return err == nil && info.NumAckPending == 0 && info.NumRedelivered == 0
 	})
@@ -213,7 +213,7 @@ func TestPermanentErrorSkipsRetries(t *testing.T) {
 	}
 	defer cc.Stop()
 	dl := readOne(t, e.js, dst)
-	eventually(t, 5*time.Second, "attempt to end", func() bool { return len(e.tel.Named("process "+e.subj)) >= 1 })
+	testenv.WaitFor(t, "attempt to end", 5*time.Second, func() bool { return len(e.tel.Named("process "+e.subj)) >= 1 })
 	if got := dl.Headers().Get("dead-letter-attempts"); got != "1" {
 		t.Fatalf("dead-letter-attempts %q, want 1", got)
 	}
@@ -309,7 +309,7 @@ func TestFetchBatchOneSpanWithLinkPerMessage(t *testing.T) {
 			t.Fatalf("batch span lacks a link to %v", s.SpanContext().SpanID())
 		}
 	}
-	eventually(t, 5*time.Second, "acks", func() bool {
+	testenv.WaitFor(t, "acks", 5*time.Second, func() bool {
 		info, err := cons.Info(context.Background())
 		return err == nil && info.NumAckPending == 0 && info.AckFloor.Stream == 5
 	})
@@ -339,7 +339,7 @@ func TestMessagesAndFetchAckAndParent(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- c.Messages(ctx, h) }()
-	eventually(t, 10*time.Second, "Messages to handle the rest", func() bool {
+	testenv.WaitFor(t, "Messages to handle the rest", 10*time.Second, func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(got) == 10
@@ -354,7 +354,7 @@ func TestMessagesAndFetchAckAndParent(t *testing.T) {
 			t.Fatal("process span not parented on a send span")
 		}
 	}
-	eventually(t, 5*time.Second, "acks", func() bool {
+	testenv.WaitFor(t, "acks", 5*time.Second, func() bool {
 		info, err := cons.Info(context.Background())
 		return err == nil && info.NumAckPending == 0 && info.AckFloor.Stream == 10
 	})

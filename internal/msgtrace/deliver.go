@@ -83,7 +83,7 @@ func (t *Tracer) Deliver(ctx, stop context.Context, d Delivery, s Settlement) (O
 		// its own partition for it.
 		if r := t.carrier.ExtractRetry(d.Carrier); r.Attempt > 1 {
 			if wait := time.Until(d.PublishedAt.Add(t.Backoff.Delay(r.Attempt - 1))); wait > 0 {
-				if !sleep(stop, wait) {
+				if !Sleep(stop, wait) {
 					return Unsettled, ErrStopped
 				}
 			}
@@ -106,7 +106,7 @@ func (t *Tracer) Deliver(ctx, stop context.Context, d Delivery, s Settlement) (O
 		switch {
 		case !final && s.Republish == nil:
 			p.End(pctx, err, false)
-			if !sleep(stop, t.Backoff.Delay(p.Attempt)) {
+			if !Sleep(stop, t.Backoff.Delay(p.Attempt)) {
 				return Unsettled, ErrStopped
 			}
 			d.Attempt, d.Previous = p.Attempt+1, p.SpanContext()
@@ -155,7 +155,7 @@ func (t *Tracer) settleAfter(ctx, stop context.Context, p *Process, herr error, 
 		p.Span.AddEvent("publish failed", trace.WithAttributes(
 			semconv.ErrorTypeKey.String(ErrorType(perr)), attribute.String("exception.message", perr.Error()),
 			AttemptKey.Int(n)))
-		if s.PublishAttempts > 0 && n >= s.PublishAttempts || !sleep(stop, t.Backoff.Delay(n)) {
+		if s.PublishAttempts > 0 && n >= s.PublishAttempts || !Sleep(stop, t.Backoff.Delay(n)) {
 			p.Settle(ctx, op, perr)
 			p.End(ctx, herr, final)
 			if stop.Err() != nil {
@@ -174,9 +174,9 @@ func (t *Tracer) settleAfter(ctx, stop context.Context, p *Process, herr error, 
 	return done, nil
 }
 
-// sleep waits d or until stop is done, reporting whether the wait ran out
-// normally.
-func sleep(stop context.Context, d time.Duration) bool {
+// Sleep waits d or until stop is done, reporting whether the wait ran out
+// normally. Every front end's backoff and delay waits go through it.
+func Sleep(stop context.Context, d time.Duration) bool {
 	if stop.Err() != nil {
 		return false
 	}

@@ -23,7 +23,7 @@ func Redial(ctx context.Context, b Backoff, min time.Duration, dial func(context
 		if onFail != nil {
 			onFail(n, err)
 		}
-		if !sleep(ctx, max(b.Delay(n), min)) {
+		if !Sleep(ctx, max(b.Delay(n), min)) {
 			return ctx.Err()
 		}
 	}

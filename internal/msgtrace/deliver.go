@@ -130,14 +130,7 @@ func (t *Tracer) Deliver(ctx, stop context.Context, d Delivery, s Settlement) (O
 					op = s.AckOp
 				}
 			}
-			if serr := settle(pctx); serr != nil {
-				p.Settle(pctx, op, serr)
-				p.End(pctx, err, true)
-				return Unsettled, serr
-			}
-			p.Settle(pctx, op, nil)
-			p.End(pctx, err, true)
-			return GaveUp, nil
+			return settleAndEnd(pctx, p, op, settle, err, true, GaveUp)
 		}
 	}
 }
@@ -164,13 +157,20 @@ func (t *Tracer) settleAfter(ctx, stop context.Context, p *Process, herr error, 
 			return Unsettled, perr
 		}
 	}
-	if aerr := s.Ack(ctx); aerr != nil {
-		p.Settle(ctx, op, aerr)
-		p.End(ctx, herr, final)
-		return Unsettled, aerr
-	}
-	p.Settle(ctx, op, nil)
+	return settleAndEnd(ctx, p, op, s.Ack, herr, final, done)
+}
+
+// settleAndEnd settles with settle, records it, and ends the attempt with
+// the handler's error herr. The outcome is done, or Unsettled when the
+// settle failed: the broker then still holds the message.
+func settleAndEnd(ctx context.Context, p *Process, op string, settle func(context.Context) error,
+	herr error, final bool, done Outcome) (Outcome, error) {
+	serr := settle(ctx)
+	p.Settle(ctx, op, serr)
 	p.End(ctx, herr, final)
+	if serr != nil {
+		return Unsettled, serr
+	}
 	return done, nil
 }
 

@@ -85,3 +85,64 @@ func TestCacheDoesNotAliasCarrierBytes(t *testing.T) {
 		}
 	}
 }
+
+// TestRepeatedInjectReusesOutputFaithfully: injecting one span context,
+// baggage and session again and again (messages under one parent that
+// starts no span) reuses the whole output, without allocating, yet writes
+// exactly what a fresh inject would, clears a stale tracestate and counts
+// every drop every time.
+func TestRepeatedInjectReusesOutputFaithfully(t *testing.T) {
+	p, d := newProp(t)
+	ctx := trace.ContextWithRemoteSpanContext(context.Background(), trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID: trace.TraceID{1}, SpanID: trace.SpanID{2}, Remote: true}))
+	k1, _ := baggage.NewMember("tenant", "acme")
+	k2, _ := baggage.NewMember("password", "hunter2") // dropped by the default filter
+	bag, _ := baggage.New(k1, k2)
+	ctx = baggage.ContextWithBaggage(ctx, bag)
+	good := carrier.ContextWithSession(ctx, "0193a5c4-7d2e-7c1a-9f3b-4a5e6d7c8b9a")
+	bad := carrier.ContextWithSession(ctx, "bad\x01session")
+
+	want := propagation.MapCarrier{}
+	p.Inject(good, want)
+	for i := range 4 {
+		m := propagation.MapCarrier{"tracestate": "stale=1"}
+		p.Inject(good, m)
+		if len(m) != len(want)+1 || m["tracestate"] != "" {
+			t.Fatalf("inject %d: %v, want %v with the stale tracestate cleared", i, m, want)
+		}
+		for k, v := range want {
+			if m[k] != v {
+				t.Fatalf("inject %d: %s = %q, want %q", i, k, m[k], v)
+			}
+		}
+		kh := &kafkaHeaders{}
+		p.Inject(good, kh)
+		for k, v := range want {
+			if got := kh.Get(k); got != v {
+				t.Fatalf("byte carrier inject %d: %s = %q, want %q", i, k, got, v)
+			}
+		}
+	}
+	for range 3 {
+		m := propagation.MapCarrier{}
+		p.Inject(bad, m)
+		if m["session-id"] != "" || m["traceparent"] != want["traceparent"] {
+			t.Fatalf("invalid session: %v", m)
+		}
+	}
+	wantDrops := map[string]int64{"baggage/filtered": 12, "session-id/invalid": 3} // 1 + 4×2 + 3 injects
+	if got := d.counts(t); !equalCounts(got, wantDrops) {
+		t.Fatalf("drops %v, want %v", got, wantDrops)
+	}
+
+	m := propagation.MapCarrier{}
+	p.Inject(good, m)
+	if n := testing.AllocsPerRun(100, func() { p.Inject(good, m) }); n != 0 {
+		t.Fatalf("repeated inject allocates %v times", n)
+	}
+	other := carrier.ContextWithSession(ctx, "0193a5c4-7d2e-7c1a-9f3b-000000000000")
+	p.Inject(other, m)
+	if m["session-id"] != "0193a5c4-7d2e-7c1a-9f3b-000000000000" {
+		t.Fatalf("another session got %q: the cache served a stale output", m["session-id"])
+	}
+}

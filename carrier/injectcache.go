@@ -1,11 +1,13 @@
 package carrier
 
 import (
+	"encoding/binary"
 	"hash/maphash"
 	"reflect"
 	"sync/atomic"
 
 	"go.opentelemetry.io/otel/baggage"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Inject spends most of its time on baggage: Baggage.Members allocates and
@@ -76,3 +78,55 @@ func bagIdentity(b baggage.Baggage) uintptr {
 	}
 	return 0
 }
+
+// outKey is what a whole Inject output depends on when the span context
+// has no tracestate: the traceparent fields, the Baggage's identity (0 for
+// none) and the session.
+type outKey struct {
+	tid   trace.TraceID
+	sid   trace.SpanID
+	flags trace.TraceFlags
+	bag   uintptr
+	sess  string
+}
+
+// outEnc is one whole Inject output: every value in buf, at spans.
+type outEnc struct {
+	key   outKey
+	bag   baggage.Baggage // keeps key.bag's map alive, as in bagEnc
+	buf   []byte
+	spans [4][2]int
+}
+
+// outCache remembers whole outputs by span ID, direct-mapped and lock-free
+// like encCache. A span ID is admitted on its second sighting: a producer
+// that starts a span per message injects each span ID once, and then the
+// cache costs two atomic operations and no allocation.
+type outCache struct {
+	seed  maphash.Seed
+	slots [encSlots]atomic.Pointer[outEnc]
+	door  [encSlots]atomic.Uint64
+}
+
+func (c *outCache) slot(sid trace.SpanID) int {
+	return int(maphash.Comparable(c.seed, sid) % encSlots)
+}
+
+func (c *outCache) get(k *outKey) *outEnc {
+	if e := c.slots[c.slot(k.sid)].Load(); e != nil && e.key == *k {
+		return e
+	}
+	return nil
+}
+
+func (c *outCache) admit(sid trace.SpanID) bool {
+	id := binary.LittleEndian.Uint64(sid[:])
+	d := &c.door[c.slot(sid)]
+	if d.Load() == id {
+		return true
+	}
+	d.Store(id)
+	return false
+}
+
+func (c *outCache) put(e *outEnc) { c.slots[c.slot(e.key.sid)].Store(e) }

@@ -42,6 +42,7 @@ type Propagator struct {
 	tsCache  *parseCache[*tsEntry]
 	bagCache *parseCache[*bagEntry]
 	encCache *encCache
+	outCache *outCache
 }
 
 var _ propagation.TextMapPropagator = (*Propagator)(nil)
@@ -57,6 +58,7 @@ func NewPropagator(opts ...Option) *Propagator {
 	p.tsCache = newParseCache[*tsEntry]()
 	p.bagCache = newParseCache[*bagEntry]()
 	p.encCache = &encCache{seed: maphash.MakeSeed()}
+	p.outCache = &outCache{seed: maphash.MakeSeed()}
 	if c.trust == Untrusted {
 		p.allow = make(map[string]struct{}, len(c.allowBaggage)+1)
 		for _, k := range c.allowBaggage {
@@ -83,26 +85,51 @@ func (p *Propagator) Fields() []string { return slices.Clone(p.fields) }
 // values are written into one buffer.
 func (p *Propagator) Inject(ctx context.Context, c propagation.TextMapCarrier) {
 	sc := trace.SpanContextFromContext(ctx)
+	// Both caches hold only sessions that passed validation, so a hit
+	// with the session as found proves it valid; a miss validates it.
 	sess := SessionFromContext(ctx)
-	if sess != "" && !validSession(sess) {
-		p.drops.add(fieldSession, dropInvalid)
-		sess = ""
-	}
 	bag := baggage.FromContext(ctx)
 	id := bagIdentity(bag)
 	var enc *bagEnc
 	if id != 0 {
 		enc = p.encCache.get(id, sess)
 	}
-	var members []baggage.Member
-	if enc == nil {
-		members = bag.Members()
-	}
 	var l2 *levelTwoState
 	if sc.IsValid() {
 		if s, ok := ctx.Value(levelTwoKey{}).(*levelTwoState); ok && s.traceID == sc.TraceID() {
 			l2 = s
 		}
+	}
+
+	// The same span context, baggage and session are injected again and
+	// again when several messages go out under one parent that starts no
+	// span of its own (see tracebridge.WithParentBasedSampling, and batches
+	// without create spans): then the whole output is reused.
+	cacheable := sc.IsValid() && l2 == nil && sc.TraceState().Len() == 0
+	if cacheable && (enc != nil || id == 0) {
+		key := outKey{tid: sc.TraceID(), sid: sc.SpanID(), flags: sc.TraceFlags(), bag: id, sess: sess}
+		if o := p.outCache.get(&key); o != nil {
+			if enc != nil {
+				p.drops.replay(fieldBaggage, enc.drops)
+			}
+			p.write(c, o.buf, &o.spans, true)
+			return
+		}
+	}
+	if sess != "" && !validSession(sess) {
+		p.drops.add(fieldSession, dropInvalid)
+		sess = ""
+		if id != 0 {
+			enc = p.encCache.get(id, sess)
+		}
+	}
+	var key outKey
+	if cacheable && (enc != nil || id == 0) {
+		key = outKey{tid: sc.TraceID(), sid: sc.SpanID(), flags: sc.TraceFlags(), bag: id, sess: sess}
+	}
+	var members []baggage.Member
+	if enc == nil {
+		members = bag.Members()
 	}
 
 	// Size everything first so the values share one allocation.
@@ -152,12 +179,22 @@ func (p *Propagator) Inject(ctx context.Context, c propagation.TextMapCarrier) {
 	buf = append(buf, sess...)
 	spans[3][1] = len(buf)
 
-	names := [4]string{p.cfg.names.Traceparent, p.cfg.names.Tracestate, p.cfg.names.Baggage, p.cfg.names.SessionID}
+	if key.sid.IsValid() && p.outCache.admit(key.sid) {
+		p.outCache.put(&outEnc{key: key, bag: bag, buf: buf, spans: spans})
+	}
 	// A tracestate belongs to the traceparent it came with. When a new
 	// traceparent replaces an old one and has no tracestate of its own, the
 	// old tracestate must not stay behind: it is overwritten with the empty
 	// tracestate, which every receiver accepts.
-	clearState := sc.IsValid() && spans[1][1] == spans[1][0]
+	p.write(c, buf, &spans, sc.IsValid() && spans[1][1] == spans[1][0])
+}
+
+// write sets the values Inject built in buf, each at its [start,end) in
+// spans (traceparent, tracestate, baggage, session); buf is never written
+// again, so values may share its memory. clearState overwrites a stale
+// tracestate with the empty one.
+func (p *Propagator) write(c propagation.TextMapCarrier, buf []byte, spans *[4][2]int, clearState bool) {
+	names := [4]string{p.cfg.names.Traceparent, p.cfg.names.Tracestate, p.cfg.names.Baggage, p.cfg.names.SessionID}
 	if bc, ok := c.(ByteCarrier); ok {
 		for i, s := range spans {
 			if s[1] > s[0] {

@@ -83,6 +83,25 @@ func WithoutCreateSpans() Option {
 	return func(c *msgtrace.Config) { c.NoCreateSpans = true }
 }
 
+// WithParentBasedSampling tells tracebridge that the tracer provider's
+// sampler never records a span whose parent is not sampled, as
+// sdktrace.ParentBased does (the SDK's default sampler is
+// ParentBased(AlwaysSample())). A message produced under such a parent, or
+// consumed with such a creation context as its parent, then starts no span:
+// the SDK is not called, and the parent's context travels on unchanged. The
+// journey is the same as without the option (same trace ID, same
+// not-sampled flag, same baggage and session), but an unsampled message
+// costs no span start and no span ID; with head sampling at the edge that
+// is most messages. Metrics are recorded either way.
+//
+// Do not set it with a sampler that may record a child of an unsampled
+// parent (sdktrace.AlwaysSample() or a TraceIDRatioBased sampler not
+// wrapped in ParentBased): the spans that sampler would have recorded under
+// unsampled parents are not started.
+func WithParentBasedSampling() Option {
+	return func(c *msgtrace.Config) { c.ParentBasedSampling = true }
+}
+
 // WithSettleSpans records ack, nack, commit and term as spans of their own
 // instead of events on the process span.
 func WithSettleSpans() Option {

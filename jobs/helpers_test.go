@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel/baggage"
-	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tracebridge/tracebridge"
@@ -57,28 +56,6 @@ func eventually(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
-}
-
-// sumInt returns the value of an Int64 sum or gauge metric, summed over
-// its data points; ok is false when the metric was not reported.
-func sumInt(t *testing.T, tel *testenv.Telemetry, name string) (int64, bool) {
-	t.Helper()
-	var total int64
-	found := false
-	for _, sm := range tel.Metrics(t).ScopeMetrics {
-		for _, m := range sm.Metrics {
-			if m.Name != name {
-				continue
-			}
-			if d, ok := m.Data.(metricdata.Sum[int64]); ok {
-				found = true
-				for _, p := range d.DataPoints {
-					total += p.Value
-				}
-			}
-		}
-	}
-	return total, found
 }
 
 // settleGoroutines waits for the goroutine count to fall back to base.

@@ -166,7 +166,7 @@ func TestFailTwiceThenSucceed(t *testing.T) {
 			}
 		}
 	}
-	if got, _ := sumInt(t, tel, "tracebridge.retries"); got != 2*n {
+	if got, _ := tel.SumInt(t, "tracebridge.retries"); got != 2*n {
 		t.Fatalf("tracebridge.retries = %d, want %d", got, 2*n)
 	}
 }
@@ -248,7 +248,7 @@ func TestAlwaysFailingJobGoesDead(t *testing.T) {
 			t.Fatalf("attempt %d tracebridge.retry.final = %v", i+1, final.AsBool())
 		}
 	}
-	if got, _ := sumInt(t, tel, "tracebridge.dead_letters"); got != 1 {
+	if got, _ := tel.SumInt(t, "tracebridge.dead_letters"); got != 1 {
 		t.Fatalf("tracebridge.dead_letters = %d, want 1", got)
 	}
 }

@@ -57,10 +57,10 @@ func TestShutdownDeadlineReturnsUnrun(t *testing.T) {
 	enqueue("fast", fast2) // cannot run before the deadline
 
 	inFlight := running.Load()
-	if n, ok := sumInt(t, tel, "tracebridge.jobs.inflight"); !ok || n != inFlight {
+	if n, ok := tel.SumInt(t, "tracebridge.jobs.inflight"); !ok || n != inFlight {
 		t.Fatalf("tracebridge.jobs.inflight = %d (reported %v), want %d", n, ok, inFlight)
 	}
-	if n, ok := sumInt(t, tel, "tracebridge.jobs.queue.depth"); !ok || n != fast2 {
+	if n, ok := tel.SumInt(t, "tracebridge.jobs.queue.depth"); !ok || n != fast2 {
 		t.Fatalf("tracebridge.jobs.queue.depth = %d (reported %v), want %d", n, ok, fast2)
 	}
 

@@ -36,6 +36,9 @@ type Config struct {
 	YoungFor            time.Duration
 	ErrorOnEveryAttempt bool
 	NoCreateSpans       bool
+	// ParentBasedSampling promises that the sampler never records a child
+	// of an unsampled parent, so such a message starts no span at all.
+	ParentBasedSampling bool
 	SettleSpans         bool
 	MaxAttempts         int
 	Backoff             Backoff

@@ -47,6 +47,9 @@ type Process struct {
 	identity string
 	e        *spanEntry
 	ended    bool
+	// parentOnly marks an attempt that started no span: Span is the
+	// creation context's, which End leaves alone.
+	parentOnly bool
 }
 
 // StartProcess extracts the journey from d.Carrier, works out the attempt
@@ -89,6 +92,13 @@ func (t *Tracer) StartProcess(ctx context.Context, d Delivery) (context.Context,
 	}
 
 	parentOnCreation := creation.IsValid() && trusted && t.parentOnCreation(d.PublishedAt)
+	if parentOnCreation && t.ParentBasedSampling && !creation.IsSampled() {
+		// The consumer side of WithParentBasedSampling: the process span's
+		// parent would be the unsampled creation context, so the sampler
+		// drops it. The handler runs on the creation context Extract put
+		// into ctx, which keeps its logs on the journey.
+		return ctx, t.passThroughProcess(ctx, &d, attempt)
+	}
 	var links []trace.Link
 	if n := b2i(creation.IsValid() && !parentOnCreation) + b2i(ambient.IsValid()) + b2i(prev.IsValid()); n > 0 {
 		links = make([]trace.Link, 0, n)
@@ -132,6 +142,16 @@ func (t *Tracer) StartProcess(ctx context.Context, d Delivery) (context.Context,
 		start: start, identity: d.Identity, e: e}
 }
 
+func (t *Tracer) passThroughProcess(ctx context.Context, d *Delivery, attempt int) *Process {
+	p := &Process{Span: trace.SpanFromContext(ctx), Attempt: attempt, t: t, identity: d.Identity, parentOnly: true}
+	if t.metrics.processEnabled(ctx) {
+		p.e = t.entry("process", semconv.MessagingOperationTypeProcess, trace.SpanKindConsumer, &d.Message)
+		p.start = time.Now()
+		t.metrics.Consumed.Add(ctx, 1, p.e.ok)
+	}
+	return p
+}
+
 func b2i(b bool) int {
 	if b {
 		return 1
@@ -163,7 +183,8 @@ func (p *Process) Final(err error) bool {
 // outcome: an event on the process span, or a span of its own with
 // WithSettleSpans.
 func (p *Process) Settle(ctx context.Context, op string, err error) {
-	if !p.t.SettleSpans && !p.Span.IsRecording() {
+	if p.parentOnly || !p.t.SettleSpans && !p.Span.IsRecording() {
+		// A settle span's parent would be the unsampled creation context.
 		return
 	}
 	attrs := []attribute.KeyValue{semconv.MessagingOperationName(op), semconv.MessagingOperationTypeSettle}
@@ -206,7 +227,9 @@ func (p *Process) End(ctx context.Context, err error, final bool) {
 	} else if p.Attempt > 1 {
 		p.t.attempts.Forget(p.identity)
 	}
-	p.Span.End()
+	if !p.parentOnly {
+		p.Span.End()
+	}
 	if !p.start.IsZero() {
 		p.t.metrics.ProcessDuration.Record(ctx, time.Since(p.start).Seconds(), p.e.metricOpt(err))
 	}

@@ -166,6 +166,30 @@ type Op struct {
 	e     *spanEntry
 	start time.Time // zero when the metrics do not record
 	count int
+	// parentOnly marks an operation that started no span (see
+	// passThrough): Span is the caller's, which End must leave alone.
+	parentOnly bool
+}
+
+// passThrough is the producer side of WithParentBasedSampling: under a
+// parent that is neither sampled nor recording, a parent-based sampler
+// would drop the span anyway, so none is started and the parent's context
+// is what travels. The SDK's non-recording span costs three allocations
+// and a span ID per message; this costs none. Metrics still count the
+// operation: sampling decides about traces, not measurements.
+func (t *Tracer) passThrough(ctx context.Context, op string, opType attribute.KeyValue, kind trace.SpanKind, m *Message, count int) (Op, bool) {
+	if !t.ParentBasedSampling {
+		return Op{}, false
+	}
+	parent := trace.SpanFromContext(ctx)
+	if sc := parent.SpanContext(); !sc.IsValid() || sc.IsSampled() || parent.IsRecording() {
+		return Op{}, false
+	}
+	o := Op{Span: parent, t: t, count: count, parentOnly: true}
+	if o.start = t.opStart(ctx); !o.start.IsZero() {
+		o.e = t.entry(op, opType, kind, m)
+	}
+	return o, true
 }
 
 // End records err (if any) on the span and ends it, and records the
@@ -174,10 +198,12 @@ func (o Op) End(ctx context.Context, err error) {
 	if o.Span == nil {
 		return
 	}
-	if err != nil {
-		RecordError(o.Span, err, true)
+	if !o.parentOnly {
+		if err != nil {
+			RecordError(o.Span, err, true)
+		}
+		o.Span.End()
 	}
-	o.Span.End()
 	if o.start.IsZero() {
 		return
 	}
@@ -219,6 +245,12 @@ func (t *Tracer) StartCreate(ctx context.Context, c propagation.TextMapCarrier, 
 }
 
 func (t *Tracer) startProducer(ctx context.Context, c propagation.TextMapCarrier, m Message, op string, opType attribute.KeyValue) (context.Context, Op) {
+	if o, ok := t.passThrough(ctx, op, opType, trace.SpanKindProducer, &m, 1); ok {
+		if _, forwarding := t.HasTraceparent(c); !forwarding {
+			t.Propagator.Inject(ctx, c)
+		}
+		return ctx, o
+	}
 	e := t.entry(op, opType, trace.SpanKindProducer, &m)
 	opts := e.opts
 	fwd, forwarding := t.HasTraceparent(c)
@@ -237,6 +269,9 @@ func (t *Tracer) startProducer(ctx context.Context, c propagation.TextMapCarrier
 // StartBatchSend starts the CLIENT "send" span of a batch, linking to each
 // message's creation context.
 func (t *Tracer) StartBatchSend(ctx context.Context, m Message, creations []trace.SpanContext) (context.Context, Op) {
+	if o, ok := t.passThrough(ctx, "send", semconv.MessagingOperationTypeSend, trace.SpanKindClient, &m, len(creations)); ok {
+		return ctx, o
+	}
 	links := make([]trace.Link, 0, len(creations))
 	for _, sc := range creations {
 		if sc.IsValid() {
@@ -254,6 +289,10 @@ func (t *Tracer) StartBatchSend(ctx context.Context, m Message, creations []trac
 // StartClient starts a CLIENT span for an operation such as a request-reply
 // round trip, injecting its context into c.
 func (t *Tracer) StartClient(ctx context.Context, c propagation.TextMapCarrier, op string, m Message) (context.Context, Op) {
+	if o, ok := t.passThrough(ctx, op, semconv.MessagingOperationTypeSend, trace.SpanKindClient, &m, 1); ok {
+		t.Propagator.Inject(ctx, c)
+		return ctx, o
+	}
 	e := t.entry(op, semconv.MessagingOperationTypeSend, trace.SpanKindClient, &m)
 	ctx, span := t.tracer.Start(ctx, e.name, e.opts...)
 	setRecorded(span, &m)

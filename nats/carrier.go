@@ -33,7 +33,7 @@ func (c HeaderCarrier) Get(key string) string {
 // it is and treats the traceparent as invalid.
 func (c HeaderCarrier) Values(key string) []string {
 	exact, ok := c[key]
-	if ok && len(c) == 1 {
+	if ok && len(c) == 1 || len(c) == 0 {
 		return exact
 	}
 	var merged []string
@@ -96,11 +96,15 @@ type injector struct {
 	h    HeaderCarrier
 	slab [4]string
 	n    int
+	// owned is set when h is the package's own empty map (see
+	// Conn.Publish): it holds only lowercase keys written here, so there
+	// are no case variants to look for.
+	owned bool
 }
 
 // injectors holds injectors with their header maps for messages the
 // package builds and discards itself (see Conn.Publish).
-var injectors = sync.Pool{New: func() any { return &injector{h: make(HeaderCarrier, 4)} }}
+var injectors = sync.Pool{New: func() any { return &injector{h: make(HeaderCarrier, 4), owned: true} }}
 
 // reset empties in for reuse, dropping its references to the values.
 func (in *injector) reset() {
@@ -109,8 +113,16 @@ func (in *injector) reset() {
 	in.n = 0
 }
 
-func (in *injector) Get(key string) string { return in.h.Get(key) }
-func (in *injector) Keys() []string        { return in.h.Keys() }
+func (in *injector) Get(key string) string {
+	if in.owned {
+		if v := in.h[lower(key)]; len(v) > 0 {
+			return v[0]
+		}
+		return ""
+	}
+	return in.h.Get(key)
+}
+func (in *injector) Keys() []string { return in.h.Keys() }
 
 func (in *injector) Set(key, value string) {
 	if in.n == len(in.slab) {
@@ -118,6 +130,10 @@ func (in *injector) Set(key, value string) {
 		return
 	}
 	in.slab[in.n] = value
-	in.h.set(key, in.slab[in.n:in.n+1:in.n+1])
+	if v := in.slab[in.n : in.n+1 : in.n+1]; in.owned {
+		in.h[lower(key)] = v
+	} else {
+		in.h.set(key, v)
+	}
 	in.n++
 }

@@ -150,7 +150,7 @@ func describe(t *msgtrace.Tracer, d *amqp091.Delivery, queue string) msgtrace.De
 		PublishedAt: d.Timestamp,
 	}
 	if d.MessageId != "" {
-		md.Identity = dest + "\x00" + d.MessageId
+		md.Identity = messageID{dest, d.MessageId}
 	}
 	if n, ok := toInt(d.Headers[headerDeliveryCount]); ok && n >= 0 {
 		md.Deliveries = int(n) + 1
@@ -210,6 +210,12 @@ func toInt(v any) (int64, bool) {
 	}
 	return 0, false
 }
+
+// messageID identifies a message by destination and message ID; the
+// string is built only when a failure or a redelivery asks for it.
+type messageID struct{ dest, id string }
+
+func (m messageID) String() string { return m.dest + "\x00" + m.id }
 
 // deliveryAttrs adds a delivery's tag and routing key to a recording span.
 type deliveryAttrs amqp091.Delivery

@@ -107,21 +107,19 @@ func describePos(m *kafkago.Message) string {
 
 // delivery describes msg for msgtrace.
 func (r *Reader) delivery(msg *kafkago.Message) msgtrace.Delivery {
-	pos := strconv.Itoa(msg.Partition)
-	off := strconv.FormatInt(msg.Offset, 10)
 	m := msgtrace.Message{
 		Destination:   msg.Topic,
-		Partition:     pos,
+		Partition:     strconv.Itoa(msg.Partition),
 		BodySize:      len(msg.Value),
 		ConsumerGroup: r.group,
 		ServerAddress: r.addr,
 		ServerPort:    r.port,
 	}
-	m.Lazy = (*readAttrs)(msg)
+	m.Lazy = (*fetched)(msg)
 	return msgtrace.Delivery{
 		Message:     m,
 		Carrier:     NewCarrier(&msg.Headers),
-		Identity:    msg.Topic + "/" + pos + "/" + off,
+		Identity:    (*fetched)(msg),
 		PublishedAt: msg.Time,
 	}
 }
@@ -245,10 +243,16 @@ func (r *Reader) Close() error {
 	return r.Reader.Close()
 }
 
-// readAttrs adds a fetched message's offset and key for a recording span.
-type readAttrs kafkago.Message
+// fetched is a fetched message as msgtrace asks about it: its offset and key
+// for a recording span, and its position as its identity. Both are built
+// only when asked for, from the message the caller already holds.
+type fetched kafkago.Message
 
-func (m *readAttrs) AppendAttrs(dst []attribute.KeyValue) []attribute.KeyValue {
+func (m *fetched) String() string {
+	return m.Topic + "/" + strconv.Itoa(m.Partition) + "/" + strconv.FormatInt(m.Offset, 10)
+}
+
+func (m *fetched) AppendAttrs(dst []attribute.KeyValue) []attribute.KeyValue {
 	dst = append(dst, semconv.MessagingKafkaOffset(int(m.Offset)))
 	if m.Key != nil {
 		dst = append(dst, semconv.MessagingKafkaMessageKey(string(m.Key)))

@@ -106,7 +106,7 @@ func (c *Consumer) Messages(ctx context.Context, h Handler, opts ...jetstream.Pu
 	}
 	stop := context.AfterFunc(ctx, it.Stop)
 	defer stop()
-	w := c.workers(context.WithoutCancel(ctx), h)
+	w := c.workers(msgtrace.Detach(ctx), h)
 	defer w.wait()
 	for {
 		m, err := it.Next()
@@ -245,9 +245,9 @@ func (c *Consumer) delivery(msg jetstream.Msg) msgtrace.Delivery {
 	}
 	if md, err := msg.Metadata(); err == nil {
 		d.Deliveries = int(md.NumDelivered)
-		d.Identity = md.Stream + "/" + strconv.FormatUint(md.Sequence.Stream, 10)
+		d.Identity = (*streamPos)(md)
 		d.PublishedAt = md.Timestamp
-		d.Lazy = (*streamAttrs)(md)
+		d.Lazy = (*streamPos)(md)
 	}
 	return d
 }
@@ -328,11 +328,16 @@ func (w *workers) handle(m jetstream.Msg) {
 
 func (w *workers) wait() { w.wg.Wait() }
 
-// streamAttrs adds a JetStream message's stream position to a recording
-// span; the metadata is already on the heap, so carrying it costs nothing.
-type streamAttrs jetstream.MsgMetadata
+// streamPos is a JetStream message's position: attributes of a recording
+// span, and the message's identity. The metadata is already on the heap, so
+// carrying it costs nothing, and neither is built unless asked for.
+type streamPos jetstream.MsgMetadata
 
-func (md *streamAttrs) AppendAttrs(dst []attribute.KeyValue) []attribute.KeyValue {
+func (md *streamPos) String() string {
+	return md.Stream + "/" + strconv.FormatUint(md.Sequence.Stream, 10)
+}
+
+func (md *streamPos) AppendAttrs(dst []attribute.KeyValue) []attribute.KeyValue {
 	return append(dst, StreamKey.String(md.Stream), StreamSequenceKey.Int64(int64(md.Sequence.Stream)),
 		DeliveredKey.Int64(int64(md.NumDelivered)))
 }

@@ -122,7 +122,7 @@ func (t *Tracer) Deliver(ctx, stop context.Context, d Delivery, s Settlement) (O
 				func(ctx context.Context) error { return s.DeadLetter(ctx, p.SpanContext(), dl) })
 		default:
 			t.Logger.WarnContext(pctx, "tracebridge: message failed finally and has no dead-letter destination",
-				"system", t.System, "destination", d.Destination, "message", d.Identity, "attempts", p.Attempt, "error", err)
+				"system", t.System, "destination", d.Destination, "message", IdentityString(d.Identity), "attempts", p.Attempt, "error", err)
 			op, settle := s.AckOp, s.Ack
 			if s.GiveUp != nil {
 				op, settle = s.GiveUpOp, func(ctx context.Context) error { return s.GiveUp(ctx, err) }
@@ -191,4 +191,16 @@ func Sleep(stop context.Context, d time.Duration) bool {
 	case <-stop.Done():
 		return false
 	}
+}
+
+// detachedKey marks the value layer Detach adds.
+type detachedKey struct{}
+
+// Detach is context.WithoutCancel for a consumer's base context: handlers
+// keep ctx's values but not its cancellation, so a shutdown does not abort
+// them halfway. The standard result is a struct that is boxed, one
+// allocation, on every Value call made on it directly, as StartProcess does
+// for each message; behind a value layer, lookups walk past it without one.
+func Detach(ctx context.Context) context.Context {
+	return context.WithValue(context.WithoutCancel(ctx), detachedKey{}, true)
 }

@@ -99,7 +99,7 @@ func TestAttemptsLinkAndFinalStatus(t *testing.T) {
 	fail := errors.New("boom")
 	for n := 1; n <= 3; n++ {
 		ctx, p := tr.StartProcess(context.Background(), msgtrace.Delivery{
-			Message: msgtrace.Message{Destination: "orders"}, Carrier: c, Deliveries: n, Identity: "orders/0/7"})
+			Message: msgtrace.Message{Destination: "orders"}, Carrier: c, Deliveries: n, Identity: ident("orders/0/7")})
 		if p.Attempt != n {
 			t.Fatalf("attempt %d, want %d", p.Attempt, n)
 		}
@@ -228,7 +228,7 @@ func TestRepublishedRetryLinksPreviousBeforeItEnds(t *testing.T) {
 	tr, tel := newTracer(t)
 	c, _ := send(t, tr, context.Background())
 	fail := errors.New("boom")
-	d := msgtrace.Delivery{Message: msgtrace.Message{Destination: "orders"}, Carrier: c, Identity: "orders/m1"}
+	d := msgtrace.Delivery{Message: msgtrace.Message{Destination: "orders"}, Carrier: c, Identity: ident("orders/m1")}
 	ctx1, p1 := tr.StartProcess(context.Background(), d)
 	p1.End(ctx1, fail, false) // recorded as the latest failed attempt
 
@@ -254,3 +254,8 @@ func TestRepublishedRetryLinksPreviousBeforeItEnds(t *testing.T) {
 		t.Fatalf("attempt 3 links %v, want attempt 2 %v", third.Links(), p2.SpanContext().SpanID())
 	}
 }
+
+// ident is a message identity given as a string.
+type ident string
+
+func (i ident) String() string { return string(i) }

@@ -22,9 +22,9 @@ type Delivery struct {
 	// x-delivery-count + 1); 0 when the broker does not say.
 	Deliveries int
 	// Identity names the message across redeliveries within this process
-	// (topic/partition/offset, stream sequence, message ID). "" turns off
+	// (topic/partition/offset, stream sequence, message ID). nil turns off
 	// the in-process link to the previous attempt.
-	Identity string
+	Identity Identity
 	// PublishedAt is when the message was produced, for ParentWhileYoung;
 	// zero if unknown.
 	PublishedAt time.Time
@@ -36,6 +36,20 @@ type Delivery struct {
 	Previous trace.SpanContext
 }
 
+// Identity names a message across redeliveries. Its String is asked for
+// only when an attempt fails or a message comes again, so a front end can
+// pass a pointer it already holds and build no string for the messages that
+// succeed the first time, which is nearly all of them.
+type Identity interface{ String() string }
+
+// IdentityString is id's String, or "" for none.
+func IdentityString(id Identity) string {
+	if id == nil {
+		return ""
+	}
+	return id.String()
+}
+
 // Process is a started CONSUMER "process" span. It covers the handler up to
 // the settle; End it exactly once.
 type Process struct {
@@ -44,7 +58,7 @@ type Process struct {
 	Creation trace.SpanContext // the message's creation context, if any
 	t        *Tracer
 	start    time.Time // zero when the metrics do not record
-	identity string
+	identity Identity
 	e        *spanEntry
 	ended    bool
 	// parentOnly marks an attempt that started no span: Span is the
@@ -82,7 +96,7 @@ func (t *Tracer) StartProcess(ctx context.Context, d Delivery) (context.Context,
 		// follows. The in-process record can lag it (the republish may be
 		// consumed before the failed attempt's span has ended), so it wins
 		// only for a broker redelivery, which the header knows nothing of.
-		recorded, ok := t.attempts.Get(d.Identity)
+		recorded, ok := t.attempts.Get(IdentityString(d.Identity))
 		switch {
 		case retry.Previous.IsValid() && (d.Deliveries <= 1 || !ok):
 			prev = retry.Previous
@@ -218,14 +232,14 @@ func (p *Process) End(ctx context.Context, err error, final bool) {
 			p.Span.SetAttributes(RetryFinalKey.Bool(final))
 		}
 		if final {
-			p.t.attempts.Forget(p.identity)
+			p.t.attempts.Forget(IdentityString(p.identity))
 			p.t.metrics.DeadLetters.Add(ctx, 1)
 		} else {
-			p.t.attempts.Put(p.identity, p.Span.SpanContext())
+			p.t.attempts.Put(IdentityString(p.identity), p.Span.SpanContext())
 			p.t.metrics.Retries.Add(ctx, 1)
 		}
 	} else if p.Attempt > 1 {
-		p.t.attempts.Forget(p.identity)
+		p.t.attempts.Forget(IdentityString(p.identity))
 	}
 	if !p.parentOnly {
 		p.Span.End()
@@ -240,7 +254,7 @@ func (p *Process) End(ctx context.Context, err error, final bool) {
 // can arrive before End runs (a zero backoff, a fast delay queue), and it
 // must link to this attempt, not the one before.
 func (p *Process) Remember() {
-	p.t.attempts.Put(p.identity, p.Span.SpanContext())
+	p.t.attempts.Put(IdentityString(p.identity), p.Span.SpanContext())
 }
 
 // SpanContext returns the process span's context: what a retry republished

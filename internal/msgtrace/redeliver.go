@@ -95,7 +95,7 @@ func (t *Tracer) DeliverAttempt(ctx context.Context, d Delivery, r Redelivery) e
 		}
 	} else {
 		t.Logger.WarnContext(pctx, "tracebridge: message failed finally and has no dead-letter destination",
-			"system", t.System, "destination", d.Destination, "message", d.Identity, "attempts", p.Attempt, "error", herr)
+			"system", t.System, "destination", d.Destination, "message", IdentityString(d.Identity), "attempts", p.Attempt, "error", herr)
 	}
 	serr := r.GiveUp(pctx, herr)
 	p.Settle(pctx, r.GiveUpOp, serr)

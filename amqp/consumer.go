@@ -171,7 +171,7 @@ func (c *Consumer) open() (*session, error) {
 
 func (s *session) run(ctx context.Context) {
 	var wg sync.WaitGroup
-	base := context.WithoutCancel(ctx)
+	base := msgtrace.Detach(ctx)
 	for range s.c.t.Concurrency {
 		wg.Go(func() {
 			for {

@@ -121,7 +121,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	if c.h == nil && c.bh == nil {
 		return errors.New("tracebridge/kafka: Consumer has no handler")
 	}
-	base := context.WithoutCancel(ctx)
+	base := msgtrace.Detach(ctx)
 	n := c.t.Concurrency
 	queues := make([]chan kafkago.Message, n)
 	var wg sync.WaitGroup
@@ -193,38 +193,60 @@ func (c *Consumer) work(base, stop context.Context, q chan kafkago.Message) {
 		c.workBatches(base, stop, q)
 		return
 	}
+	w := c.newWorker()
 	for msg := range q {
 		if stop.Err() != nil {
 			continue // fetched, not started: leave it uncommitted for the next consumer
 		}
-		c.handle(base, stop, msg)
+		w.handle(base, stop, msg)
 	}
 }
 
-func (c *Consumer) handle(base, stop context.Context, msg kafkago.Message) {
-	d := c.rd.delivery(&msg)
-	s := msgtrace.Settlement{
-		Handle: func(ctx context.Context) error { return c.h(ctx, msg) },
-		Ack:    func(ctx context.Context) error { return c.commit(ctx, msg) },
-		AckOp:  "commit",
-	}
+// worker handles one message at a time for Run. Its Settlement is built
+// once, bound to the worker, and each message is put into msg before
+// Deliver runs: building the closures per message, each capturing its own
+// copy of the message, would cost three allocations per message.
+type worker struct {
+	c   *Consumer
+	msg kafkago.Message
+	s   msgtrace.Settlement
+}
+
+func (c *Consumer) newWorker() *worker {
+	w := &worker{c: c}
+	w.s = msgtrace.Settlement{Handle: w.run, Ack: w.commit, AckOp: "commit"}
 	if c.t.RetryDestination != "" && c.pub != nil {
-		s.Republish = func(ctx context.Context, r carrier.Retry) error {
-			return c.publish(ctx, msg, c.t.RetryDestination, func(hc Carrier) { c.t.Carrier().InjectRetry(hc, r) })
-		}
+		w.s.Republish = w.republish
 	}
 	if c.t.DeadLetter != "" && c.pub != nil {
-		s.DeadLetter = func(ctx context.Context, last trace.SpanContext, dl carrier.DeadLetter) error {
-			return c.publish(ctx, msg, c.t.DeadLetter, func(hc Carrier) {
-				if last.IsValid() {
-					hc.Set(c.t.Carrier().Names().RetryPrevious, carrier.FormatTraceparent(last))
-				}
-				c.t.Carrier().InjectDeadLetter(hc, dl)
-			})
-		}
+		w.s.DeadLetter = w.deadLetter
 	}
-	if _, err := c.t.Deliver(base, stop, d, s); err != nil && !errors.Is(err, msgtrace.ErrStopped) {
-		c.t.Logger.WarnContext(base, "tracebridge/kafka: message left uncommitted; it will be delivered again",
+	return w
+}
+
+func (w *worker) run(ctx context.Context) error    { return w.c.h(ctx, w.msg) }
+func (w *worker) commit(ctx context.Context) error { return w.c.commit(ctx, w.msg) }
+
+func (w *worker) republish(ctx context.Context, r carrier.Retry) error {
+	return w.c.publish(ctx, w.msg, w.c.t.RetryDestination, func(hc Carrier) { w.c.t.Carrier().InjectRetry(hc, r) })
+}
+
+func (w *worker) deadLetter(ctx context.Context, last trace.SpanContext, dl carrier.DeadLetter) error {
+	return w.c.publish(ctx, w.msg, w.c.t.DeadLetter, func(hc Carrier) {
+		if last.IsValid() {
+			hc.Set(w.c.t.Carrier().Names().RetryPrevious, carrier.FormatTraceparent(last))
+		}
+		w.c.t.Carrier().InjectDeadLetter(hc, dl)
+	})
+}
+
+// handle runs Deliver for msg, which settles it before returning; nothing
+// keeps w.msg or the Delivery built from it beyond that.
+func (w *worker) handle(base, stop context.Context, msg kafkago.Message) {
+	w.msg = msg
+	defer func() { w.msg = kafkago.Message{} }() // drop the payload for the GC while idle
+	if _, err := w.c.t.Deliver(base, stop, w.c.rd.delivery(&w.msg), w.s); err != nil && !errors.Is(err, msgtrace.ErrStopped) {
+		w.c.t.Logger.WarnContext(base, "tracebridge/kafka: message left uncommitted; it will be delivered again",
 			"topic", msg.Topic, "partition", msg.Partition, "offset", msg.Offset, "error", err)
 	}
 }

@@ -3,6 +3,7 @@ package kafka_test
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -41,41 +42,65 @@ type messageWriter interface {
 	Close() error
 }
 
+// benchVariant is one way a wrapped client runs: under an unsampled or a
+// sampled parent (testenv.Parent), with the SDK's default parent-based
+// sampler behind a batching processor.
+type benchVariant struct {
+	name    string
+	sampled bool
+	opts    []tracebridge.Option
+}
+
+func benchVariants(b *testing.B) []benchVariant {
+	with := tracebridge.WithTracerProvider(benchProvider(b, sdktrace.ParentBased(sdktrace.AlwaysSample())))
+	return []benchVariant{
+		{"unsampled", false, []tracebridge.Option{with}},
+		{"unsampled-parentbased", false, []tracebridge.Option{with, tracebridge.WithParentBasedSampling()}},
+		{"sampled", true, []tracebridge.Option{with}},
+		{"sampled-nocreate", true, []tracebridge.Option{with, tracebridge.WithoutCreateSpans()}},
+	}
+}
+
+// benchHeaders are the headers tracebridge writes under an unsampled
+// parent, for the raw-headers row: what carrying a journey costs kafka-go
+// and the broker before tracebridge does anything.
+func benchHeaders() []kafkago.Header {
+	var hs []kafkago.Header
+	carrier.NewPropagator().Inject(testenv.Parent(false), tbkafka.NewCarrier(&hs))
+	return hs
+}
+
 func BenchmarkWriter(b *testing.B) {
 	addrs := testenv.Kafka(b)
-	for _, v := range []struct {
-		name string
-		wrap func(*kafkago.Writer) messageWriter
-	}{
-		{"raw", func(w *kafkago.Writer) messageWriter { return w }},
-		{"wrapped-unsampled", func(w *kafkago.Writer) messageWriter {
-			return tbkafka.NewWriter(w, tracebridge.WithTracerProvider(benchProvider(b, sdktrace.NeverSample())))
-		}},
-		{"wrapped-sampled", func(w *kafkago.Writer) messageWriter {
-			return tbkafka.NewWriter(w, tracebridge.WithTracerProvider(benchProvider(b, sdktrace.AlwaysSample())))
-		}},
-	} {
+	run := func(b *testing.B, w messageWriter, ctx context.Context, headers []kafkago.Header) {
+		defer w.Close()
+		runtime.GC()
+		msgs := make([]kafkago.Message, benchBatch)
+		for i := range msgs {
+			msgs[i] = kafkago.Message{Key: []byte(fmt.Sprintf("key-%03d", i)), Value: make([]byte, 256), Headers: headers}
+		}
+		b.ReportAllocs()
+		b.ResetTimer()
+		start := time.Now()
+		for i := 0; i < b.N; i += benchBatch {
+			if err := w.WriteMessages(ctx, msgs[:min(benchBatch, b.N-i)]...); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
+	}
+	writer := func(b *testing.B) *kafkago.Writer {
+		topic, drop := benchTopic(b, addrs, "bench-w")
+		b.Cleanup(drop)
+		raw := rawWriter(addrs, topic)
+		raw.Balancer, raw.BatchSize = onePartition, benchBatch
+		return raw
+	}
+	b.Run("raw", func(b *testing.B) { run(b, writer(b), context.Background(), nil) })
+	b.Run("raw-headers", func(b *testing.B) { run(b, writer(b), context.Background(), benchHeaders()) })
+	for _, v := range benchVariants(b) {
 		b.Run(v.name, func(b *testing.B) {
-			topic := newTopic("bench-w")
-			ensureTopics(b, addrs, topic)
-			raw := rawWriter(addrs, topic)
-			raw.Balancer, raw.BatchSize = onePartition, benchBatch
-			w := v.wrap(raw)
-			defer w.Close()
-			ctx := carrier.ContextWithSession(context.Background(), "bench-session")
-			msgs := make([]kafkago.Message, benchBatch)
-			for i := range msgs {
-				msgs[i] = kafkago.Message{Key: []byte(fmt.Sprintf("key-%03d", i)), Value: make([]byte, 256)}
-			}
-			b.ReportAllocs()
-			b.ResetTimer()
-			start := time.Now()
-			for i := 0; i < b.N; i += benchBatch {
-				if err := w.WriteMessages(ctx, msgs[:min(benchBatch, b.N-i)]...); err != nil {
-					b.Fatal(err)
-				}
-			}
-			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
+			run(b, tbkafka.NewWriter(writer(b), v.opts...), testenv.Parent(v.sampled), nil)
 		})
 	}
 }
@@ -85,24 +110,28 @@ func BenchmarkWriter(b *testing.B) {
 // message on, so the group join is not part of the rate.
 func BenchmarkConsume(b *testing.B) {
 	addrs := testenv.Kafka(b)
-	produce := func(b *testing.B, topic string) {
-		ensureTopics(b, addrs, topic)
-		w := tbkafka.NewWriter(rawWriter(addrs, topic), tracebridge.WithTracerProvider(benchProvider(b, sdktrace.AlwaysSample())))
+	// produce fills a new topic with b.N messages carrying the journey of an
+	// unsampled or sampled parent.
+	produce := func(b *testing.B, sampled bool) string {
+		topic, drop := benchTopic(b, addrs, "bench-c")
+		b.Cleanup(drop)
+		w := tbkafka.NewWriter(rawWriter(addrs, topic), tracebridge.WithTracerProvider(benchProvider(b, sdktrace.ParentBased(sdktrace.AlwaysSample()))))
 		defer w.Close()
 		msgs := make([]kafkago.Message, 1000)
 		for i := range msgs {
 			msgs[i] = kafkago.Message{Key: []byte(fmt.Sprintf("key-%03d", i%100)), Value: make([]byte, 256)}
 		}
-		ctx := carrier.ContextWithSession(context.Background(), "bench-session")
+		ctx := testenv.Parent(sampled)
 		for i := 0; i < b.N; i += len(msgs) {
 			if err := w.WriteMessages(ctx, msgs[:min(len(msgs), b.N-i)]...); err != nil {
 				b.Fatal(err)
 			}
 		}
+		runtime.GC()
+		return topic
 	}
 	b.Run("raw", func(b *testing.B) {
-		topic := newTopic("bench-r")
-		produce(b, topic)
+		topic := produce(b, false)
 		r := groupReader(addrs, newTopic("g"), 100*time.Millisecond, topic)
 		defer r.Close()
 		ctx := context.Background()
@@ -125,13 +154,12 @@ func BenchmarkConsume(b *testing.B) {
 			b.ReportMetric(float64(b.N-1)/time.Since(start).Seconds(), "msgs/s")
 		}
 	})
-	for _, v := range []struct {
-		name    string
-		sampler sdktrace.Sampler
-	}{{"consumer-unsampled", sdktrace.NeverSample()}, {"consumer-sampled", sdktrace.AlwaysSample()}} {
-		b.Run(v.name, func(b *testing.B) {
-			topic := newTopic("bench-c")
-			produce(b, topic)
+	for _, v := range benchVariants(b) {
+		if v.name == "sampled-nocreate" {
+			continue // a producer option
+		}
+		b.Run("consumer-"+v.name, func(b *testing.B) {
+			topic := produce(b, v.sampled)
 			var n atomic.Int64
 			var start atomic.Int64
 			done := make(chan struct{})
@@ -145,7 +173,7 @@ func BenchmarkConsume(b *testing.B) {
 						close(done)
 					}
 					return nil
-				}, tracebridge.WithTracerProvider(benchProvider(b, v.sampler)))
+				}, v.opts...)
 			ctx, cancel := context.WithCancel(context.Background())
 			runErr := make(chan error, 1)
 			b.ReportAllocs()

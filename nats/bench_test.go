@@ -6,22 +6,34 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/tracebridge/tracebridge"
+	"github.com/tracebridge/tracebridge/carrier"
 	"github.com/tracebridge/tracebridge/internal/testenv"
 	tnats "github.com/tracebridge/tracebridge/nats"
 )
 
-// benchProviders are the three ways a wrapped client runs: no sampling
-// (the SDK drops every span), and sampling every span with the SDK's own
-// work but no exporter, so what is measured is tracebridge plus the SDK.
-func benchProviders(b *testing.B) map[string]*sdktrace.TracerProvider {
-	un := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.NeverSample()))
-	sa := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()))
-	b.Cleanup(func() { _ = un.Shutdown(context.Background()); _ = sa.Shutdown(context.Background()) })
-	return map[string]*sdktrace.TracerProvider{"unsampled": un, "sampled": sa}
+// benchVariant is one way a wrapped client runs: under an unsampled or a
+// sampled parent, with the SDK's default (parent-based) sampler and no
+// exporter, so what is measured is tracebridge plus the SDK.
+type benchVariant struct {
+	name string
+	ctx  context.Context
+	opts []tracebridge.Option
+}
+
+func benchVariants(b *testing.B) []benchVariant {
+	tp := sdktrace.NewTracerProvider()
+	b.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	with := tracebridge.WithTracerProvider(tp)
+	return []benchVariant{
+		{"unsampled", testenv.Parent(false), []tracebridge.Option{with}},
+		{"unsampled-parentbased", testenv.Parent(false), []tracebridge.Option{with, tracebridge.WithParentBasedSampling()}},
+		{"sampled", testenv.Parent(true), []tracebridge.Option{with}},
+	}
 }
 
 func msgsPerSec(b *testing.B, start time.Time) {
@@ -31,8 +43,10 @@ func msgsPerSec(b *testing.B, start time.Time) {
 // BenchmarkSpanSDK is the SDK's own cost of starting and ending one
 // sampled span, the yardstick for the sampled overhead.
 func BenchmarkSpanSDK(b *testing.B) {
-	tr := benchProviders(b)["sampled"].Tracer("bench")
-	ctx := context.Background()
+	tp := sdktrace.NewTracerProvider()
+	b.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	tr := tp.Tracer("bench")
+	ctx := testenv.Parent(true)
 	b.ReportAllocs()
 	for b.Loop() {
 		_, s := tr.Start(ctx, "send bench")
@@ -40,6 +54,10 @@ func BenchmarkSpanSDK(b *testing.B) {
 	}
 }
 
+// BenchmarkCorePublish compares wrapped publishes with raw ones, both
+// without headers and with the headers tracebridge writes (raw-headers):
+// nats.go encodes any header map on every publish, which is a cost of
+// carrying a journey at all, before tracebridge does anything.
 func BenchmarkCorePublish(b *testing.B) {
 	url := testenv.NATS(b)
 	payload := make([]byte, 128)
@@ -56,16 +74,29 @@ func BenchmarkCorePublish(b *testing.B) {
 		_ = nc.Flush()
 		msgsPerSec(b, start)
 	})
-	provs := benchProviders(b)
-	for _, name := range []string{"unsampled", "sampled"} {
-		b.Run(name, func(b *testing.B) {
-			c := tnats.Wrap(connect(b, url), tracebridge.WithTracerProvider(provs[name]))
+	b.Run("raw-headers", func(b *testing.B) {
+		nc := connect(b, url)
+		subj := unique(b, "bench")
+		h := nats.Header{}
+		carrier.NewPropagator().Inject(testenv.Parent(false), tnats.HeaderCarrier(h))
+		b.ReportAllocs()
+		start := time.Now()
+		for b.Loop() {
+			if err := nc.PublishMsg(&nats.Msg{Subject: subj, Data: payload, Header: h}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		_ = nc.Flush()
+		msgsPerSec(b, start)
+	})
+	for _, v := range benchVariants(b) {
+		b.Run(v.name, func(b *testing.B) {
+			c := tnats.Wrap(connect(b, url), v.opts...)
 			subj := unique(b, "bench")
-			ctx := context.Background()
 			b.ReportAllocs()
 			start := time.Now()
 			for b.Loop() {
-				if err := c.Publish(ctx, subj, payload); err != nil {
+				if err := c.Publish(v.ctx, subj, payload); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -119,18 +150,32 @@ func BenchmarkJetStream(b *testing.B) {
 			})
 		})
 	})
-	provs := benchProviders(b)
-	for _, name := range []string{"unsampled", "sampled"} {
-		b.Run(name, func(b *testing.B) {
+	b.Run("raw-headers", func(b *testing.B) {
+		var js jetstream.JetStream
+		h := nats.Header{}
+		carrier.NewPropagator().Inject(testenv.Parent(false), tnats.HeaderCarrier(h))
+		run(b, func(subj string) error {
+			_, err := js.PublishMsgAsync(&nats.Msg{Subject: subj, Data: payload, Header: h})
+			return err
+		}, func(cons jetstream.Consumer, n *atomic.Int64) (jetstream.ConsumeContext, error) {
+			js, _ = jetstream.New(connect(b, url))
+			return cons.Consume(func(m jetstream.Msg) {
+				_ = m.Headers()
+				_ = m.Ack()
+				n.Add(1)
+			})
+		})
+	})
+	for _, v := range benchVariants(b) {
+		b.Run(v.name, func(b *testing.B) {
 			var tjs *tnats.JetStream
-			ctx := context.Background()
 			run(b, func(subj string) error {
-				_, err := tjs.PublishAsync(ctx, subj, payload)
+				_, err := tjs.PublishAsync(v.ctx, subj, payload)
 				return err
 			}, func(cons jetstream.Consumer, n *atomic.Int64) (jetstream.ConsumeContext, error) {
 				js, _ := jetstream.New(connect(b, url))
-				tjs = tnats.WrapJetStream(js, tracebridge.WithTracerProvider(provs[name]))
-				c := tnats.NewConsumer(js, cons, tracebridge.WithTracerProvider(provs[name]))
+				tjs = tnats.WrapJetStream(js, v.opts...)
+				c := tnats.NewConsumer(js, cons, v.opts...)
 				return c.Consume(func(context.Context, jetstream.Msg) error {
 					n.Add(1)
 					return nil

@@ -39,7 +39,7 @@ type Consumer struct {
 	t     *msgtrace.Tracer
 	dest  string // batch spans' destination: the filter subject or stream
 	group string
-	limit int
+	ops   msgtrace.RedeliveryOps
 	host  string
 	port  int
 }
@@ -55,6 +55,7 @@ type Consumer struct {
 // the one that must reach the dead-letter subject.
 func NewConsumer(js jetstream.JetStream, cons jetstream.Consumer, opts ...tracebridge.Option) *Consumer {
 	c := &Consumer{Consumer: cons, js: js, t: msgtrace.New("nats", opts)}
+	c.ops = msgtrace.RedeliveryOps{Ack: "ack", Redeliver: "nak", GiveUp: "term", DeadLetter: c.t.DeadLetter != ""}
 	if info := cons.CachedInfo(); info != nil {
 		c.group = info.Name
 		c.dest = info.Stream
@@ -62,7 +63,7 @@ func NewConsumer(js jetstream.JetStream, cons jetstream.Consumer, opts ...traceb
 			c.dest = info.Config.FilterSubject
 		}
 		if info.Config.MaxDeliver > 0 {
-			c.limit = info.Config.MaxDeliver
+			c.ops.Limit = info.Config.MaxDeliver
 		}
 	}
 	if js != nil {
@@ -179,7 +180,7 @@ func (c *Consumer) FetchBatch(ctx context.Context, batch int, h BatchHandler, op
 		if md, err := m.Metadata(); err == nil {
 			attempt = int(md.NumDelivered)
 		}
-		final, delay := c.t.RetryDecision(attempt, herr, c.limit)
+		final, delay := c.t.RetryDecision(attempt, herr, c.ops.Limit)
 		if !final {
 			p.Settle(bctx, "nak", m.NakWithDelay(delay))
 			continue
@@ -208,29 +209,24 @@ func (c *Consumer) Extract(ctx context.Context, msg jetstream.Msg) context.Conte
 // settles it as Consume would. The returned error is the handler's, or the
 // settle's when that failed.
 func (c *Consumer) Handle(ctx context.Context, msg jetstream.Msg, h Handler) error {
-	d := c.delivery(msg)
-	return c.t.DeliverAttempt(ctx, d, msgtrace.Redelivery{
-		Handle: func(ctx context.Context) error { return h(ctx, msg) },
-		Ack:    func(context.Context) error { return msg.Ack() },
-		AckOp:  "ack",
-		Redeliver: func(_ context.Context, delay time.Duration) error {
-			return msg.NakWithDelay(delay)
-		},
-		RedeliverOp: "nak",
-		DeadLetter:  c.deadLetterFunc(msg),
-		GiveUp:      func(context.Context, error) error { return msg.Term() },
-		GiveUpOp:    "term",
-		Limit:       c.limit,
-	})
+	return c.t.DeliverAttempt(ctx, c.delivery(msg), &attempt{c: c, msg: msg, h: h}, &c.ops)
 }
 
-func (c *Consumer) deadLetterFunc(msg jetstream.Msg) func(context.Context, trace.SpanContext, carrier.DeadLetter) error {
-	if c.t.DeadLetter == "" {
-		return nil
-	}
-	return func(ctx context.Context, last trace.SpanContext, dl carrier.DeadLetter) error {
-		return c.deadLetter(ctx, msg, last, dl)
-	}
+// attempt is one delivery of msg as msgtrace settles it.
+type attempt struct {
+	c   *Consumer
+	msg jetstream.Msg
+	h   Handler
+}
+
+func (a *attempt) Handle(ctx context.Context) error { return a.h(ctx, a.msg) }
+func (a *attempt) Ack(context.Context) error        { return a.msg.Ack() }
+func (a *attempt) Redeliver(_ context.Context, delay time.Duration) error {
+	return a.msg.NakWithDelay(delay)
+}
+func (a *attempt) GiveUp(context.Context, error) error { return a.msg.Term() }
+func (a *attempt) DeadLetter(ctx context.Context, last trace.SpanContext, dl carrier.DeadLetter) error {
+	return a.c.deadLetter(ctx, a.msg, last, dl)
 }
 
 func (c *Consumer) delivery(msg jetstream.Msg) msgtrace.Delivery {

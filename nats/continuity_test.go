@@ -170,15 +170,17 @@ func TestJetStreamContinuity(t *testing.T) {
 	url := testenv.NATS(t)
 	tel := testenv.NewTelemetry(t)
 	nc := connect(t, url)
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(1024))
+	// NewJetStream: the async publishes' spans end in the JetStream's own
+	// ack handlers (TestAsyncPublishSpans covers WrapJetStream's futures).
+	tjs, err := tnats.NewJetStream(nc, []jetstream.JetStreamOpt{jetstream.WithPublishAsyncMaxPending(1024)}, tel.Options()...)
 	if err != nil {
 		t.Fatal(err)
 	}
+	js := tjs.JetStream
 	subj := unique(t, "jscont")
 	st := stream(t, js, jetstream.StreamConfig{Name: subj, Subjects: []string{subj}})
 	cons := consumer(t, st, jetstream.ConsumerConfig{Durable: "c", MaxAckPending: numMessages, AckWait: time.Minute})
 
-	tjs := tnats.WrapJetStream(js, tel.Options()...)
 	var futMu sync.Mutex
 	var futs []jetstream.PubAckFuture
 	produceAll(t, tel, func(ctx context.Context, i int) error {

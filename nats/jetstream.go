@@ -3,6 +3,7 @@ package nats
 import (
 	"context"
 	"fmt"
+	"sync"
 
 	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -30,14 +31,116 @@ type JetStream struct {
 	t    *msgtrace.Tracer
 	host string
 	port int
+	// pending holds the spans of async publishes awaiting their ack when
+	// the JetStream's own ack handlers end them (NewJetStream); nil when
+	// each async publish waits on its future instead (WrapJetStream).
+	pending *pendingSends
 }
 
 // WrapJetStream traces js's publishes. It reads WithTracerProvider,
-// WithMeterProvider, WithPropagators and WithLogger.
+// WithMeterProvider, WithPropagators and WithLogger. An async publish's
+// span waits for its ack on a goroutine of its own; NewJetStream avoids
+// that when you create the JetStream.
 func WrapJetStream(js jetstream.JetStream, opts ...tracebridge.Option) *JetStream {
 	j := &JetStream{JetStream: js, t: msgtrace.New("nats", opts)}
 	j.host, j.port = serverOf(js.Conn())
 	return j
+}
+
+// NewJetStream is jetstream.New(nc, jsOpts...) traced like WrapJetStream,
+// for code that creates its JetStream: async publishes are then ended by
+// the JetStream's own ack and error handlers, with no goroutine and no
+// relayed future per message, and PublishAsync returns nats.go's future
+// itself. It installs jetstream.WithPublishAsyncAckHandler and
+// WithPublishAsyncErrHandler after jsOpts, so handlers of those kinds in
+// jsOpts are not called: read acks from the futures, or use WrapJetStream.
+func NewJetStream(nc *natsgo.Conn, jsOpts []jetstream.JetStreamOpt, opts ...tracebridge.Option) (*JetStream, error) {
+	p := &pendingSends{m: make(map[*natsgo.Msg]*pendingSend)}
+	all := append(append([]jetstream.JetStreamOpt(nil), jsOpts...),
+		jetstream.WithPublishAsyncAckHandler(p.ack), jetstream.WithPublishAsyncErrHandler(p.fail))
+	js, err := jetstream.New(nc, all...)
+	if err != nil {
+		return nil, fmt.Errorf("nats: new JetStream: %w", err)
+	}
+	j := WrapJetStream(js, opts...)
+	j.pending = p
+	return j, nil
+}
+
+// pendingSends maps the messages of unacknowledged async publishes to
+// their send spans. A message published again while its first publish is
+// pending (a retransmit) queues behind it, as nats.go reports them in order.
+type pendingSends struct {
+	mu sync.Mutex
+	m  map[*natsgo.Msg]*pendingSend
+}
+
+type pendingSend struct {
+	ctx  context.Context
+	op   msgtrace.Op
+	next *pendingSend
+}
+
+func (p *pendingSends) add(m *natsgo.Msg, s *pendingSend) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if first := p.m[m]; first != nil {
+		last := first
+		for last.next != nil {
+			last = last.next
+		}
+		last.next = s
+		return
+	}
+	p.m[m] = s
+}
+
+func (p *pendingSends) take(m *natsgo.Msg) *pendingSend {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s := p.m[m]
+	switch {
+	case s == nil:
+	case s.next != nil:
+		p.m[m] = s.next
+	default:
+		delete(p.m, m)
+	}
+	return s
+}
+
+// remove drops s, wherever it is in m's queue.
+func (p *pendingSends) remove(m *natsgo.Msg, s *pendingSend) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	first := p.m[m]
+	if first == s {
+		if s.next != nil {
+			p.m[m] = s.next
+		} else {
+			delete(p.m, m)
+		}
+		return
+	}
+	for prev := first; prev != nil; prev = prev.next {
+		if prev.next == s {
+			prev.next = s.next
+			return
+		}
+	}
+}
+
+func (p *pendingSends) ack(_ jetstream.JetStream, m *natsgo.Msg, ack *jetstream.PubAck) {
+	if s := p.take(m); s != nil {
+		setAck(s.op.Span, ack)
+		s.op.End(s.ctx, nil)
+	}
+}
+
+func (p *pendingSends) fail(_ jetstream.JetStream, m *natsgo.Msg, err error) {
+	if s := p.take(m); s != nil {
+		s.op.End(s.ctx, fmt.Errorf("nats: JetStream async publish to %q: %w", m.Subject, err))
+	}
 }
 
 // Publish publishes data to subj in a PRODUCER "send" span that ends with
@@ -90,6 +193,21 @@ func (j *JetStream) PublishAsync(ctx context.Context, subj string, data []byte, 
 // on the JetStream context to bound that.
 func (j *JetStream) PublishMsgAsync(ctx context.Context, m *natsgo.Msg, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
 	ctx, op := j.startSend(ctx, m)
+	if j.pending != nil {
+		// Registered first: the ack can arrive before PublishMsgAsync
+		// returns.
+		s := &pendingSend{ctx: ctx, op: op}
+		j.pending.add(m, s)
+		f, err := j.JetStream.PublishMsgAsync(m, opts...)
+		if err != nil {
+			// A publish that fails at once is not reported to the handlers.
+			j.pending.remove(m, s)
+			err = fmt.Errorf("nats: JetStream async publish to %q: %w", m.Subject, err)
+			op.End(ctx, err)
+			return nil, err
+		}
+		return f, nil
+	}
 	f, err := j.JetStream.PublishMsgAsync(m, opts...)
 	if err != nil {
 		err = fmt.Errorf("nats: JetStream async publish to %q: %w", m.Subject, err)

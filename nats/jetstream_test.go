@@ -359,3 +359,109 @@ func TestMessagesAndFetchAckAndParent(t *testing.T) {
 		return err == nil && info.NumAckPending == 0 && info.AckFloor.Stream == 10
 	})
 }
+
+// TestAsyncPublishSpans: an async publish's send span ends with its PubAck
+// (stream and sequence recorded) or its error (status Error), both when
+// WrapJetStream waits on the future and when NewJetStream's ack handlers
+// report it, and the caller's future still delivers the result.
+func TestAsyncPublishSpans(t *testing.T) {
+	url := testenv.NATS(t)
+	for _, name := range []string{"WrapJetStream", "NewJetStream"} {
+		t.Run(name, func(t *testing.T) {
+			tel := testenv.NewTelemetry(t)
+			nc := connect(t, url)
+			var tjs *tnats.JetStream
+			if name == "NewJetStream" {
+				var err error
+				if tjs, err = tnats.NewJetStream(nc, []jetstream.JetStreamOpt{jetstream.WithPublishAsyncTimeout(5 * time.Second)}, tel.Options()...); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(5*time.Second))
+				if err != nil {
+					t.Fatal(err)
+				}
+				tjs = tnats.WrapJetStream(js, tel.Options()...)
+			}
+			subj := unique(t, "async")
+			stream(t, tjs.JetStream, jetstream.StreamConfig{Name: subj, Subjects: []string{subj}})
+
+			const n = 50
+			futs := make([]jetstream.PubAckFuture, n)
+			for i := range futs {
+				f, err := tjs.PublishAsync(testenv.Parent(true), subj, []byte(strconv.Itoa(i)))
+				if err != nil {
+					t.Fatal(err)
+				}
+				futs[i] = f
+			}
+			seqs := map[uint64]bool{}
+			for _, f := range futs {
+				select {
+				case ack := <-f.Ok():
+					seqs[ack.Sequence] = true
+				case err := <-f.Err():
+					t.Fatalf("async publish: %v", err)
+				case <-time.After(10 * time.Second):
+					t.Fatal("no PubAck")
+				}
+			}
+			testenv.WaitFor(t, "send spans", 5*time.Second, func() bool { return len(tel.Named("send "+subj)) == n })
+			for _, s := range tel.Named("send " + subj) {
+				seq, _ := testenv.Attr(s, tnats.StreamSequenceKey)
+				if st, _ := testenv.Attr(s, tnats.StreamKey); st.AsString() != subj || !seqs[uint64(seq.AsInt64())] {
+					t.Fatalf("send span stream %q sequence %d, not one of the acks", st.AsString(), seq.AsInt64())
+				}
+				if s.Status().Code == codes.Error {
+					t.Fatalf("acknowledged publish has status Error: %v", s.Status())
+				}
+			}
+
+			// The same message twice while the first is pending (nats.go
+			// refuses the second at once): each publish's span ends once.
+			again := unique(t, "again")
+			stream(t, tjs.JetStream, jetstream.StreamConfig{Name: again, Subjects: []string{again}})
+			m := &natsgo.Msg{Subject: again, Data: []byte("twice")}
+			f1, err1 := tjs.PublishMsgAsync(testenv.Parent(true), m)
+			_, err2 := tjs.PublishMsgAsync(testenv.Parent(true), m)
+			if err1 != nil {
+				t.Fatal(err1)
+			}
+			select {
+			case <-f1.Ok():
+			case err := <-f1.Err():
+				t.Fatal(err)
+			case <-time.After(10 * time.Second):
+				t.Fatal("no PubAck")
+			}
+			testenv.WaitFor(t, "both send spans", 5*time.Second, func() bool { return len(tel.Named("send "+again)) == 2 })
+			failed := 0
+			for _, s := range tel.Named("send " + again) {
+				if s.Status().Code == codes.Error {
+					failed++
+				}
+			}
+			if want := map[bool]int{true: 1, false: 0}[err2 != nil]; failed != want {
+				t.Fatalf("%d failed send spans, want %d (second publish error: %v)", failed, want, err2)
+			}
+
+			// No stream listens on this subject: the ack is an error.
+			nowhere := unique(t, "nostream")
+			f, err := tjs.PublishAsync(testenv.Parent(true), nowhere, []byte("x"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-f.Ok():
+				t.Fatal("publish to a subject without a stream was acknowledged")
+			case <-f.Err():
+			case <-time.After(10 * time.Second):
+				t.Fatal("no error for a publish without a stream")
+			}
+			testenv.WaitFor(t, "failed send span", 5*time.Second, func() bool { return len(tel.Named("send "+nowhere)) == 1 })
+			if s := tel.Named("send " + nowhere)[0]; s.Status().Code != codes.Error {
+				t.Fatalf("failed async publish: status %v", s.Status())
+			}
+		})
+	}
+}

@@ -146,3 +146,21 @@ func TestRepeatedInjectReusesOutputFaithfully(t *testing.T) {
 		t.Fatalf("another session got %q: the cache served a stale output", m["session-id"])
 	}
 }
+
+// TestSessionOnlyBaggageCached: without baggage the baggage header holds
+// the session member alone; it is cached per session, so alternating
+// sessions never see each other's.
+func TestSessionOnlyBaggageCached(t *testing.T) {
+	p, _ := newProp(t)
+	sessions := []string{"0193a5c4-7d2e-7c1a-9f3b-4a5e6d7c8b9a", "0193a5c4-7d2e-7c1a-9f3b-000000000001"}
+	for i := range 8 {
+		sess := sessions[i%2]
+		ctx := trace.ContextWithRemoteSpanContext(context.Background(), trace.NewSpanContext(trace.SpanContextConfig{
+			TraceID: trace.TraceID{byte(i + 1)}, SpanID: trace.SpanID{byte(i + 1)}, Remote: true}))
+		m := propagation.MapCarrier{}
+		p.Inject(carrier.ContextWithSession(ctx, sess), m)
+		if m["baggage"] != "session.id="+sess || m["session-id"] != sess {
+			t.Fatalf("inject %d: baggage %q session %q, want session %q", i, m["baggage"], m["session-id"], sess)
+		}
+	}
+}

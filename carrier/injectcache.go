@@ -33,41 +33,53 @@ type bagEnc struct {
 type encCache struct {
 	seed  maphash.Seed
 	slots [encSlots]atomic.Pointer[bagEnc]
-	// door holds identities seen once; as for parseCache, a Baggage is
-	// remembered only when it comes again, so that injecting a new Baggage
-	// every time costs no allocation.
-	door [encSlots]atomic.Uintptr
+	// door holds the hashes of (Baggage, session) pairs seen once; as for
+	// parseCache, a pair is remembered only when it comes again, so that
+	// injecting a new one every time costs no allocation.
+	door [encSlots]atomic.Uint64
 }
 
-func (c *encCache) slot(id uintptr) int {
-	return int(maphash.Comparable(c.seed, id) % encSlots)
+type encKey struct {
+	id   uintptr
+	sess string
 }
 
-func (c *encCache) get(id uintptr, sess string) *bagEnc {
-	if e := c.slots[c.slot(id)].Load(); e != nil && e.id == id && e.sess == sess {
+func (c *encCache) hash(id uintptr, sess string) uint64 {
+	return maphash.Comparable(c.seed, encKey{id, sess})
+}
+
+func (c *encCache) get(h uint64, id uintptr, sess string) *bagEnc {
+	if e := c.slots[h%encSlots].Load(); e != nil && e.id == id && e.sess == sess {
 		return e
 	}
 	return nil
 }
 
-// admit reports whether id was seen recently, and remembers it if not.
-func (c *encCache) admit(id uintptr) bool {
-	d := &c.door[c.slot(id)]
-	if d.Load() == id {
+// admit reports whether the pair hashing to h was seen recently, and
+// remembers it if not.
+func (c *encCache) admit(h uint64) bool {
+	d := &c.door[h%encSlots]
+	if d.Load() == h {
 		return true
 	}
-	d.Store(id)
+	d.Store(h)
 	return false
 }
 
-func (c *encCache) put(e *bagEnc) { c.slots[c.slot(e.id)].Store(e) }
+func (c *encCache) put(h uint64, e *bagEnc) { c.slots[h%encSlots].Store(e) }
 
-// bagIdentity returns the address of b's member map, or 0 when b is empty or
-// its representation is not the single map this relies on; then Inject
-// simply does not use the cache. Only the address is read, never the map.
+// emptyBaggage is the identity of a Baggage without members: the baggage
+// header then holds the session member alone, which repeats as much as any
+// baggage does.
+const emptyBaggage uintptr = 1
+
+// bagIdentity returns the address of b's member map, emptyBaggage when b
+// has no members, or 0 when its representation is not the single map this
+// relies on; then Inject simply does not use the caches. Only the address
+// is read, never the map.
 func bagIdentity(b baggage.Baggage) uintptr {
 	if b.Len() == 0 {
-		return 0
+		return emptyBaggage
 	}
 	v := reflect.ValueOf(b)
 	if v.NumField() != 1 {

@@ -91,8 +91,10 @@ func (p *Propagator) Inject(ctx context.Context, c propagation.TextMapCarrier) {
 	bag := baggage.FromContext(ctx)
 	id := bagIdentity(bag)
 	var enc *bagEnc
+	var h uint64
 	if id != 0 {
-		enc = p.encCache.get(id, sess)
+		h = p.encCache.hash(id, sess)
+		enc = p.encCache.get(h, id, sess)
 	}
 	var l2 *levelTwoState
 	if sc.IsValid() {
@@ -106,12 +108,10 @@ func (p *Propagator) Inject(ctx context.Context, c propagation.TextMapCarrier) {
 	// span of its own (see tracebridge.WithParentBasedSampling, and batches
 	// without create spans): then the whole output is reused.
 	cacheable := sc.IsValid() && l2 == nil && sc.TraceState().Len() == 0
-	if cacheable && (enc != nil || id == 0) {
+	if cacheable && enc != nil {
 		key := outKey{tid: sc.TraceID(), sid: sc.SpanID(), flags: sc.TraceFlags(), bag: id, sess: sess}
 		if o := p.outCache.get(&key); o != nil {
-			if enc != nil {
-				p.drops.replay(fieldBaggage, enc.drops)
-			}
+			p.drops.replay(fieldBaggage, enc.drops)
 			p.write(c, o.buf, &o.spans, true)
 			return
 		}
@@ -120,11 +120,12 @@ func (p *Propagator) Inject(ctx context.Context, c propagation.TextMapCarrier) {
 		p.drops.add(fieldSession, dropInvalid)
 		sess = ""
 		if id != 0 {
-			enc = p.encCache.get(id, sess)
+			h = p.encCache.hash(id, sess)
+			enc = p.encCache.get(h, id, sess)
 		}
 	}
 	var key outKey
-	if cacheable && (enc != nil || id == 0) {
+	if cacheable && enc != nil {
 		key = outKey{tid: sc.TraceID(), sid: sc.SpanID(), flags: sc.TraceFlags(), bag: id, sess: sess}
 	}
 	var members []baggage.Member
@@ -167,11 +168,11 @@ func (p *Propagator) Inject(ctx context.Context, c propagation.TextMapCarrier) {
 		buf = append(buf, enc.enc...)
 		p.drops.replay(fieldBaggage, enc.drops)
 	} else {
-		store := id != 0 && p.encCache.admit(id)
+		store := id != 0 && p.encCache.admit(h)
 		sink := dropSink{d: p.drops, f: fieldBaggage, record: store}
 		buf = p.appendBaggage(buf, members, sess, &sink)
 		if store {
-			p.encCache.put(&bagEnc{id: id, bag: bag, sess: sess, enc: slices.Clone(buf[spans[2][0]:]), drops: sink.rs})
+			p.encCache.put(h, &bagEnc{id: id, bag: bag, sess: sess, enc: slices.Clone(buf[spans[2][0]:]), drops: sink.rs})
 		}
 	}
 	spans[2][1] = len(buf)

@@ -3,6 +3,7 @@ package kafka_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"sync"
@@ -13,6 +14,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tracebridge/tracebridge"
@@ -410,5 +412,84 @@ func TestBatchConsumerRetryLinksAttempts(t *testing.T) {
 		case i > 0 && (len(prev) != 1 || prev[0] != spans[i-1].SpanContext().SpanID()):
 			t.Fatalf("try %d links %v, want try %d", i+1, prev, i)
 		}
+	}
+}
+
+// With WithParentBasedSampling, a batch written under an unsampled parent
+// carries the parent's own context in every message, and the consumer
+// hands each handler that context, without a span on either side; a
+// sampled batch is traced as usual.
+func TestParentBasedSamplingBatch(t *testing.T) {
+	addrs := testenv.Kafka(t)
+	tel := testenv.NewTelemetry(t, sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.AlwaysSample())))
+	opts := tel.Options(tracebridge.WithParentBasedSampling())
+	topic := newTopic("parentbased")
+	ensureTopics(t, addrs, topic)
+	w := tbkafka.NewWriter(rawWriter(addrs, topic), opts...)
+	defer w.Close()
+
+	unsampled, sampled := testenv.Parent(false), testenv.Parent(true)
+	batch := func(prefix string) []kafkago.Message {
+		msgs := make([]kafkago.Message, 10)
+		for i := range msgs {
+			msgs[i] = kafkago.Message{Key: []byte(fmt.Sprintf("%s-%d", prefix, i))}
+		}
+		return msgs
+	}
+	if err := w.WriteMessages(unsampled, batch("u")...); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(tel.Ended()); n != 0 {
+		t.Fatalf("%d spans for a batch under an unsampled parent", n)
+	}
+	if err := w.WriteMessages(sampled, batch("s")...); err != nil {
+		t.Fatal(err)
+	}
+	if c, s := len(tel.Named("create "+topic)), len(tel.Named("send "+topic)); c != 10 || s != 1 {
+		t.Fatalf("sampled batch: %d create and %d send spans, want 10 and 1", c, s)
+	}
+
+	var mu sync.Mutex
+	seen := map[string]trace.SpanContext{}
+	done := make(chan struct{})
+	c := tbkafka.NewConsumer(groupReader(addrs, newTopic("g"), 0, topic), func(ctx context.Context, m kafkago.Message) error {
+		mu.Lock()
+		defer mu.Unlock()
+		seen[string(m.Key)] = trace.SpanContextFromContext(ctx)
+		if len(seen) == 20 {
+			close(done)
+		}
+		return nil
+	}, opts...)
+	ctx, cancel := context.WithCancel(context.Background())
+	runErr := make(chan error, 1)
+	go func() { runErr <- c.Run(ctx) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("messages not consumed")
+	}
+	cancel()
+	if err := <-runErr; err != nil {
+		t.Fatal(err)
+	}
+	parent := trace.SpanContextFromContext(unsampled)
+	for i := range 10 {
+		sc := seen[fmt.Sprintf("u-%d", i)]
+		if sc.TraceID() != parent.TraceID() || sc.SpanID() != parent.SpanID() || sc.IsSampled() {
+			t.Fatalf("unsampled message %d: handler context %v, want the parent %v itself", i, sc, parent)
+		}
+	}
+	procs := tel.Named("process " + topic)
+	if len(procs) != 10 {
+		t.Fatalf("%d process spans, want 10: one per sampled message only", len(procs))
+	}
+	for _, p := range procs {
+		if p.SpanContext().TraceID() != trace.SpanContextFromContext(sampled).TraceID() {
+			t.Fatal("a process span is not on the sampled journey")
+		}
+	}
+	if n, _ := tel.SumInt(t, "messaging.client.consumed.messages"); n != 20 {
+		t.Fatalf("consumed.messages = %d, want 20", n)
 	}
 }

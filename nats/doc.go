@@ -12,8 +12,8 @@
 //
 //	nc, _ := natsgo.Connect(url)
 //	c := nats.Wrap(nc)                      // core: Publish, Subscribe, Request, Respond
-//	js := nats.WrapJetStream(rawJS)        // JetStream publish with PubAck attributes
-//	cons := nats.NewConsumer(rawJS, consumer, tracebridge.WithDeadLetter("orders.dlq"))
+//	js, _ := nats.NewJetStream(nc, nil)     // jetstream.New, traced; or nats.WrapJetStream(rawJS)
+//	cons := nats.NewConsumer(js.JetStream, consumer, tracebridge.WithDeadLetter("orders.dlq"))
 //	cons.Consume(func(ctx context.Context, m jetstream.Msg) error { ... })
 //
 // Core NATS has no redelivery, so a core handler returns nothing; a panic

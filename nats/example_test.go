@@ -29,23 +29,26 @@ func Example() {
 		return
 	}
 	defer nc.Close()
-	raw, _ := jetstream.New(nc)
+	js, err := tnats.NewJetStream(nc, nil) // jetstream.New, traced
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
 	ctx := context.Background()
-	st, err := raw.CreateStream(ctx, jetstream.StreamConfig{Name: "ORDERS", Subjects: []string{"orders"}})
+	st, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "ORDERS", Subjects: []string{"orders"}})
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
 	cons, _ := st.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{Durable: "billing", AckPolicy: jetstream.AckExplicitPolicy})
 
-	js := tnats.WrapJetStream(raw)
 	if _, err := js.Publish(carrier.ContextWithSession(ctx, "sess-42"), "orders", []byte("order 1")); err != nil {
 		fmt.Println(err)
 		return
 	}
 
 	done := make(chan struct{})
-	c := tnats.NewConsumer(raw, cons)
+	c := tnats.NewConsumer(js.JetStream, cons)
 	cc, _ := c.Consume(func(ctx context.Context, m jetstream.Msg) error {
 		fmt.Printf("%s for session %s\n", m.Data(), carrier.SessionFromContext(ctx))
 		close(done)

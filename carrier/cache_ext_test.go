@@ -164,3 +164,31 @@ func TestSessionOnlyBaggageCached(t *testing.T) {
 		}
 	}
 }
+
+// TestRepeatedInjectBytesAreTheCarriers: a byte carrier owns the values it
+// is given even when the output is reused; editing one message's header in
+// place changes no other message and no later inject.
+func TestRepeatedInjectBytesAreTheCarriers(t *testing.T) {
+	p, _ := newProp(t)
+	ctx := carrier.ContextWithSession(trace.ContextWithRemoteSpanContext(context.Background(), trace.NewSpanContext(
+		trace.SpanContextConfig{TraceID: trace.TraceID{1}, SpanID: trace.SpanID{2}, Remote: true})), "0193a5c4-7d2e-7c1a-9f3b-4a5e6d7c8b9a")
+	var msgs []*kafkaHeaders
+	for range 4 {
+		kh := &kafkaHeaders{}
+		p.Inject(ctx, kh)
+		msgs = append(msgs, kh)
+	}
+	want := msgs[0].Get("traceparent")
+	for i := range msgs[2].h {
+		for j := range msgs[2].h[i].Value {
+			msgs[2].h[i].Value[j] = 'X'
+		}
+	}
+	after := &kafkaHeaders{}
+	p.Inject(ctx, after)
+	for i, kh := range append(msgs, after) {
+		if got := kh.Get("traceparent"); i != 2 && got != want {
+			t.Fatalf("message %d: traceparent %q after another message's bytes were edited, want %q", i, got, want)
+		}
+	}
+}

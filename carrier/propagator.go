@@ -112,7 +112,14 @@ func (p *Propagator) Inject(ctx context.Context, c propagation.TextMapCarrier) {
 		key := outKey{tid: sc.TraceID(), sid: sc.SpanID(), flags: sc.TraceFlags(), bag: id, sess: sess}
 		if o := p.outCache.get(&key); o != nil {
 			p.drops.replay(fieldBaggage, enc.drops)
-			p.write(c, o.buf, &o.spans, true)
+			buf := o.buf
+			if _, ok := c.(ByteCarrier); ok {
+				// Byte values are the carrier's to edit or reuse (see
+				// ByteCarrier), so each gets its own copy; strings cannot
+				// be edited and share the cached one.
+				buf = slices.Clone(buf)
+			}
+			p.write(c, buf, &o.spans, true)
 			return
 		}
 	}
@@ -181,7 +188,11 @@ func (p *Propagator) Inject(ctx context.Context, c propagation.TextMapCarrier) {
 	spans[3][1] = len(buf)
 
 	if key.sid.IsValid() && p.outCache.admit(key.sid) {
-		p.outCache.put(&outEnc{key: key, bag: bag, buf: buf, spans: spans})
+		cached := buf
+		if _, ok := c.(ByteCarrier); ok {
+			cached = slices.Clone(buf) // buf becomes the carrier's
+		}
+		p.outCache.put(&outEnc{key: key, bag: bag, buf: cached, spans: spans})
 	}
 	// A tracestate belongs to the traceparent it came with. When a new
 	// traceparent replaces an old one and has no tracestate of its own, the

@@ -54,6 +54,12 @@ func WrapJetStream(js jetstream.JetStream, opts ...tracebridge.Option) *JetStrea
 // itself. It installs jetstream.WithPublishAsyncAckHandler and
 // WithPublishAsyncErrHandler after jsOpts, so handlers of those kinds in
 // jsOpts are not called: read acks from the futures, or use WrapJetStream.
+//
+// The spans end on nats.go's ack goroutine, which must not block: use a
+// batching span processor, as production setups do, not a synchronous one.
+// A publish whose ack never comes keeps its span open until the ack timeout
+// (jetstream.WithPublishAsyncTimeout) or a reconnect fails it; closing the
+// connection fails nothing, so set a timeout when that matters.
 func NewJetStream(nc *natsgo.Conn, jsOpts []jetstream.JetStreamOpt, opts ...tracebridge.Option) (*JetStream, error) {
 	p := &pendingSends{m: make(map[*natsgo.Msg]*pendingSend)}
 	all := append(append([]jetstream.JetStreamOpt(nil), jsOpts...),
@@ -68,8 +74,11 @@ func NewJetStream(nc *natsgo.Conn, jsOpts []jetstream.JetStreamOpt, opts ...trac
 }
 
 // pendingSends maps the messages of unacknowledged async publishes to
-// their send spans. A message published again while its first publish is
-// pending (a retransmit) queues behind it, as nats.go reports them in order.
+// their send spans. The handlers learn only the *nats.Msg, so a message
+// published again while its first publish is pending queues behind it and
+// the results are matched in publish order; that is exact for a retransmit
+// to the same subject, and a guess for one message sent to two streams at
+// once, which should be two messages.
 type pendingSends struct {
 	mu sync.Mutex
 	m  map[*natsgo.Msg]*pendingSend
@@ -109,8 +118,9 @@ func (p *pendingSends) take(m *natsgo.Msg) *pendingSend {
 	return s
 }
 
-// remove drops s, wherever it is in m's queue.
-func (p *pendingSends) remove(m *natsgo.Msg, s *pendingSend) {
+// remove drops s, wherever it is in m's queue, and reports whether it was
+// still there.
+func (p *pendingSends) remove(m *natsgo.Msg, s *pendingSend) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	first := p.m[m]
@@ -120,14 +130,15 @@ func (p *pendingSends) remove(m *natsgo.Msg, s *pendingSend) {
 		} else {
 			delete(p.m, m)
 		}
-		return
+		return true
 	}
 	for prev := first; prev != nil; prev = prev.next {
 		if prev.next == s {
 			prev.next = s.next
-			return
+			return true
 		}
 	}
+	return false
 }
 
 func (p *pendingSends) ack(_ jetstream.JetStream, m *natsgo.Msg, ack *jetstream.PubAck) {
@@ -200,10 +211,13 @@ func (j *JetStream) PublishMsgAsync(ctx context.Context, m *natsgo.Msg, opts ...
 		j.pending.add(m, s)
 		f, err := j.JetStream.PublishMsgAsync(m, opts...)
 		if err != nil {
-			// A publish that fails at once is not reported to the handlers.
-			j.pending.remove(m, s)
 			err = fmt.Errorf("nats: JetStream async publish to %q: %w", m.Subject, err)
-			op.End(ctx, err)
+			// A publish that fails at once is normally not reported to the
+			// handlers, but an ack timeout or a reconnect can have reported
+			// it meanwhile; the span ends once, by whoever took it.
+			if j.pending.remove(m, s) {
+				op.End(ctx, err)
+			}
 			return nil, err
 		}
 		return f, nil

@@ -259,3 +259,26 @@ func TestRepublishedRetryLinksPreviousBeforeItEnds(t *testing.T) {
 type ident string
 
 func (i ident) String() string { return string(i) }
+
+// An attempt that started no span (ParentBasedSampling, unsampled creation)
+// has no span context to name as the previous attempt: a later attempt
+// that does start a span must not link the producer as its predecessor.
+func TestPassThroughAttemptIsNoPreviousAttempt(t *testing.T) {
+	tr, tel := newTracer(t, func(c *msgtrace.Config) { c.ParentBasedSampling = true })
+	c, _ := send(t, tr, testenv.Parent(false))
+	d := msgtrace.Delivery{Message: msgtrace.Message{Destination: "orders"}, Carrier: c, Identity: ident("orders/0/1")}
+	ctx, p := tr.StartProcess(context.Background(), d)
+	if p.SpanContext().IsValid() {
+		t.Fatalf("attempt without a span reports span context %v", p.SpanContext())
+	}
+	if sc := trace.SpanContextFromContext(ctx); sc.SpanID() != trace.SpanContextFromContext(testenv.Parent(false)).SpanID() {
+		t.Fatal("the handler's context is not the unsampled creation context")
+	}
+	p.End(ctx, errors.New("boom"), false)
+	if _, ok := tr.Attempts().Get("orders/0/1"); ok {
+		t.Fatal("an attempt without a span was recorded as a previous attempt")
+	}
+	if n := len(tel.Ended()); n != 0 {
+		t.Fatalf("%d spans ended", n)
+	}
+}

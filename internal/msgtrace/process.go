@@ -235,7 +235,7 @@ func (p *Process) End(ctx context.Context, err error, final bool) {
 			p.t.attempts.Forget(IdentityString(p.identity))
 			p.t.metrics.DeadLetters.Add(ctx, 1)
 		} else {
-			p.t.attempts.Put(IdentityString(p.identity), p.Span.SpanContext())
+			p.t.attempts.Put(IdentityString(p.identity), p.SpanContext())
 			p.t.metrics.Retries.Add(ctx, 1)
 		}
 	} else if p.Attempt > 1 {
@@ -254,12 +254,19 @@ func (p *Process) End(ctx context.Context, err error, final bool) {
 // can arrive before End runs (a zero backoff, a fast delay queue), and it
 // must link to this attempt, not the one before.
 func (p *Process) Remember() {
-	p.t.attempts.Put(IdentityString(p.identity), p.Span.SpanContext())
+	p.t.attempts.Put(IdentityString(p.identity), p.SpanContext())
 }
 
 // SpanContext returns the process span's context: what a retry republished
 // by the front end names in retry-previous.
-func (p *Process) SpanContext() trace.SpanContext { return p.Span.SpanContext() }
+// An attempt that started no span (WithParentBasedSampling) has none: the
+// creation context it ran under is not an attempt to link to.
+func (p *Process) SpanContext() trace.SpanContext {
+	if p.parentOnly {
+		return trace.SpanContext{}
+	}
+	return p.Span.SpanContext()
+}
 
 // StartBatchProcess starts one CONSUMER "process" span for a batch, with a
 // link to each message's creation context and

@@ -131,7 +131,7 @@ func (w *Writer) WriteMessages(ctx context.Context, msgs ...kafkago.Message) err
 		// The send span is every message's creation context.
 		m := w.describe(&out[0])
 		m.Destination = w.batchTopic(out)
-		sctx, send := w.t.StartBatchSend(ctx, m, nil)
+		sctx, send := w.t.StartBatchSend(ctx, m, len(out), nil)
 		for i := range out {
 			c := NewCarrier(&out[i].Headers)
 			if _, ok := w.t.HasTraceparent(c); !ok {
@@ -145,7 +145,7 @@ func (w *Writer) WriteMessages(ctx context.Context, msgs ...kafkago.Message) err
 		creations[i] = ops[i].Span.SpanContext()
 	}
 	m := msgtrace.Message{Destination: w.batchTopic(out), BodySize: -1, ServerAddress: w.addr, ServerPort: w.port}
-	_, send := w.t.StartBatchSend(ctx, m, creations)
+	_, send := w.t.StartBatchSend(ctx, m, len(out), creations)
 	return w.write(ctx, out, ops, &asyncBatch{send: send})
 }
 

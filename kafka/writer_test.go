@@ -146,6 +146,12 @@ func TestWriterWithoutCreateSpans(t *testing.T) {
 	if len(sends) != 1 {
 		t.Fatalf("%d send spans", len(sends))
 	}
+	if v, _ := testenv.Attr(sends[0], "messaging.batch.message_count"); v.AsInt64() != 2 {
+		t.Fatalf("batch send span message_count %d, want 2", v.AsInt64())
+	}
+	if n, _ := tel.SumInt(t, "messaging.client.sent.messages"); n != 2 {
+		t.Fatalf("sent.messages = %d, want 2", n)
+	}
 	m := readOne(t, addrs, topic)
 	sc, _ := carrier.ParseTraceparent(headerValue(m.Headers, "traceparent"))
 	if sc.SpanID() != sends[0].SpanContext().SpanID() {

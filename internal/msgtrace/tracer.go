@@ -266,10 +266,11 @@ func (t *Tracer) startProducer(ctx context.Context, c propagation.TextMapCarrier
 	return ctx, Op{Span: span, t: t, e: e, start: t.opStart(ctx), count: 1}
 }
 
-// StartBatchSend starts the CLIENT "send" span of a batch, linking to each
-// message's creation context.
-func (t *Tracer) StartBatchSend(ctx context.Context, m Message, creations []trace.SpanContext) (context.Context, Op) {
-	if o, ok := t.passThrough(ctx, "send", semconv.MessagingOperationTypeSend, trace.SpanKindClient, &m, len(creations)); ok {
+// StartBatchSend starts the CLIENT "send" span of a batch of count
+// messages, linking to each message's creation context (none without
+// create spans).
+func (t *Tracer) StartBatchSend(ctx context.Context, m Message, count int, creations []trace.SpanContext) (context.Context, Op) {
+	if o, ok := t.passThrough(ctx, "send", semconv.MessagingOperationTypeSend, trace.SpanKindClient, &m, count); ok {
 		return ctx, o
 	}
 	links := make([]trace.Link, 0, len(creations))
@@ -280,10 +281,10 @@ func (t *Tracer) StartBatchSend(ctx context.Context, m Message, creations []trac
 	}
 	e := t.entry("send", semconv.MessagingOperationTypeSend, trace.SpanKindClient, &m)
 	opts := append(e.opts[:len(e.opts):len(e.opts)],
-		trace.WithAttributes(semconv.MessagingBatchMessageCount(len(creations))), trace.WithLinks(links...))
+		trace.WithAttributes(semconv.MessagingBatchMessageCount(count)), trace.WithLinks(links...))
 	ctx, span := t.tracer.Start(ctx, e.name, opts...)
 	setRecorded(span, &m)
-	return ctx, Op{Span: span, t: t, e: e, start: t.opStart(ctx), count: len(creations)}
+	return ctx, Op{Span: span, t: t, e: e, start: t.opStart(ctx), count: count}
 }
 
 // StartClient starts a CLIENT span for an operation such as a request-reply

@@ -248,6 +248,23 @@ func (c *Consumer) delivery(msg jetstream.Msg) msgtrace.Delivery {
 	return d
 }
 
+// RepublishHeader copies a JetStream message's headers for publishing it
+// again elsewhere (a dead letter): the journey and the application's
+// headers stay, the server's Nats-* headers go, because an expected-stream
+// or expected-sequence header would fail the publish and a message ID would
+// be deduplicated against unrelated messages. The copy has room for the
+// dead-letter headers.
+func RepublishHeader(orig natsgo.Header) natsgo.Header {
+	hdr := make(natsgo.Header, len(orig)+4)
+	for k, v := range orig {
+		if len(k) >= 5 && strings.EqualFold(k[:5], "nats-") {
+			continue
+		}
+		hdr[k] = append([]string(nil), v...)
+	}
+	return hdr
+}
+
 // deadLetter publishes msg to the dead-letter subject with its original
 // headers (so it keeps its creation context: same journey), retry-previous
 // naming the attempt that gave it up, and the dead-letter-* headers, and
@@ -258,14 +275,7 @@ func (c *Consumer) deadLetter(ctx context.Context, msg jetstream.Msg, last trace
 	if c.js == nil {
 		return errors.New("nats: WithDeadLetter needs the JetStream passed to NewConsumer")
 	}
-	orig := msg.Headers()
-	hdr := make(natsgo.Header, len(orig)+4)
-	for k, v := range orig {
-		if len(k) >= 5 && strings.EqualFold(k[:5], "nats-") {
-			continue
-		}
-		hdr[k] = append([]string(nil), v...)
-	}
+	hdr := RepublishHeader(msg.Headers())
 	hc := HeaderCarrier(hdr)
 	prop := c.t.Carrier()
 	prop.InjectDeadLetter(hc, dl)

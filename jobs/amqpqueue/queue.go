@@ -12,6 +12,7 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	tbamqp "github.com/tracebridge/tracebridge/amqp"
+	"github.com/tracebridge/tracebridge/carrier"
 	"github.com/tracebridge/tracebridge/jobs"
 )
 
@@ -24,6 +25,14 @@ type Config struct {
 	// ahead of its workers; zero means 16. They go back to the queue if
 	// the process dies.
 	Prefetch int
+	// DeadLetter is the durable queue (declared by New) a message that is
+	// not a job (garbage, or a job another version cannot decode) is
+	// published to, with its headers and the dead-letter-* headers, before
+	// it is acked; when that publish is not confirmed the message goes back
+	// to the work queue. Empty rejects such a message after logging it
+	// (through the runner), so it is lost unless the queue has a
+	// dead-letter exchange of its own.
+	DeadLetter string
 }
 
 // Queue is a jobs.Queue on a durable RabbitMQ queue. It owns one
@@ -35,7 +44,9 @@ type Queue struct {
 	sub      *amqp091.Channel
 	queue    string
 	delayQ   string
+	deadQ    string
 	prefetch int
+	headers  *carrier.Propagator // names of the dead-letter headers
 	closed   atomic.Bool
 
 	startOnce  sync.Once
@@ -57,7 +68,8 @@ func New(url string, cfg Config) (*Queue, error) {
 	if err != nil {
 		return nil, fmt.Errorf("amqpqueue: new %q: dial: %w", cfg.Queue, err)
 	}
-	q := &Queue{conn: conn, queue: cfg.Queue, delayQ: cfg.Queue + tbamqp.DelayQueueSuffix, prefetch: cfg.Prefetch}
+	q := &Queue{conn: conn, queue: cfg.Queue, delayQ: cfg.Queue + tbamqp.DelayQueueSuffix, deadQ: cfg.DeadLetter,
+		prefetch: cfg.Prefetch, headers: carrier.NewPropagator()}
 	if err := q.setup(); err != nil {
 		_ = conn.Close()
 		return nil, fmt.Errorf("amqpqueue: new %q: %w", cfg.Queue, err)
@@ -81,6 +93,11 @@ func (q *Queue) setup() error {
 	if _, err = q.pub.QueueDeclare(q.delayQ, true, false, false, false, amqp091.Table{
 		"x-dead-letter-exchange": "", "x-dead-letter-routing-key": q.queue}); err != nil {
 		return fmt.Errorf("declare delay queue %q: %w", q.delayQ, err)
+	}
+	if q.deadQ != "" {
+		if _, err = q.pub.QueueDeclare(q.deadQ, true, false, false, false, nil); err != nil {
+			return fmt.Errorf("declare dead-letter queue %q: %w", q.deadQ, err)
+		}
 	}
 	return nil
 }
@@ -114,16 +131,24 @@ func (q *Queue) publish(ctx context.Context, e *jobs.Envelope) error {
 		key = q.delayQ
 		msg.Expiration = strconv.FormatInt(max(wait.Milliseconds(), 1), 10)
 	}
+	if err := q.confirmed(ctx, key, msg); err != nil {
+		return fmt.Errorf("amqpqueue: publish job %s attempt %d to %q: %w", e.ID, e.Attempt, key, err)
+	}
+	return nil
+}
+
+// confirmed publishes msg to queue key and waits for the broker's confirm.
+func (q *Queue) confirmed(ctx context.Context, key string, msg amqp091.Publishing) error {
 	dc, err := q.pub.PublishWithDeferredConfirmWithContext(ctx, "", key, false, false, msg)
 	if err != nil {
-		return fmt.Errorf("amqpqueue: publish job %s attempt %d to %q: %w", e.ID, e.Attempt, key, err)
+		return err
 	}
 	ok, err := dc.WaitContext(ctx)
 	switch {
 	case err != nil:
-		return fmt.Errorf("amqpqueue: publish job %s attempt %d to %q: %w", e.ID, e.Attempt, key, err)
+		return err
 	case !ok:
-		return fmt.Errorf("amqpqueue: publish job %s attempt %d to %q: %w", e.ID, e.Attempt, key, tbamqp.ErrNacked)
+		return tbamqp.ErrNacked
 	}
 	return nil
 }
@@ -164,8 +189,7 @@ func (q *Queue) Pop(ctx context.Context) (*jobs.Envelope, error) {
 	}
 	e, err := jobs.DecodeEnvelope(tbamqp.Carrier(d.Headers), d.Body)
 	if err != nil {
-		_ = d.Reject(false)
-		return nil, fmt.Errorf("amqpqueue: pop from %q: %w", q.queue, err)
+		return nil, q.undecodable(ctx, d, err)
 	}
 	if err := jobs.WaitUntil(ctx, e.NotBefore); err != nil {
 		_ = d.Nack(false, true)
@@ -173,6 +197,30 @@ func (q *Queue) Pop(ctx context.Context) (*jobs.Envelope, error) {
 	}
 	e.Receipt = d
 	return e, nil
+}
+
+// undecodable settles a delivery that is not a job: dead-lettered and then
+// acked, or requeued when the dead letter is not confirmed; rejected at once
+// without a dead-letter queue. Retrying it would fail the same way for ever.
+func (q *Queue) undecodable(ctx context.Context, d amqp091.Delivery, derr error) error {
+	err := fmt.Errorf("amqpqueue: pop from %q: %w", q.queue, derr)
+	if q.deadQ == "" {
+		_ = d.Reject(false)
+		return fmt.Errorf("%w; rejected, no dead-letter queue", err)
+	}
+	h := make(amqp091.Table, len(d.Headers)+3)
+	for k, v := range d.Headers {
+		h[k] = v
+	}
+	q.headers.InjectDeadLetter(tbamqp.Carrier(h), carrier.DeadLetter{Reason: derr.Error(), Source: q.queue})
+	msg := amqp091.Publishing{Headers: h, Body: d.Body, MessageId: d.MessageId, ContentType: d.ContentType,
+		DeliveryMode: amqp091.Persistent}
+	if perr := q.confirmed(ctx, q.deadQ, msg); perr != nil {
+		_ = d.Nack(false, true)
+		return fmt.Errorf("%w; dead letter to %q failed, requeued: %w", err, q.deadQ, perr)
+	}
+	_ = d.Ack(false)
+	return fmt.Errorf("%w; moved to %q", err, q.deadQ)
 }
 
 func delivery(e *jobs.Envelope) (amqp091.Delivery, error) {

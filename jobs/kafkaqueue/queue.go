@@ -11,6 +11,8 @@ import (
 
 	kafkago "github.com/segmentio/kafka-go"
 
+	"github.com/tracebridge/tracebridge/carrier"
+	"github.com/tracebridge/tracebridge/internal/msgtrace"
 	"github.com/tracebridge/tracebridge/jobs"
 	tbkafka "github.com/tracebridge/tracebridge/kafka"
 )
@@ -28,15 +30,25 @@ type Config struct {
 	// its partitions, and their uncommitted jobs, go to another; zero
 	// means kafka-go's 30s.
 	SessionTimeout time.Duration
+	// DeadLetter is the topic a message that is not a job (garbage, or a
+	// job another version cannot decode) is written to, with its key,
+	// headers and the dead-letter-* headers, before it is committed past.
+	// The write is retried until it succeeds or the worker stops, because
+	// Kafka commits a position and moving past the message would lose it.
+	// Empty commits past such a message after logging it (through the
+	// runner), so it is lost.
+	DeadLetter string
 }
 
 // Queue is a jobs.Queue on a Kafka topic read by a consumer group. It is
 // safe for concurrent use; Close (which the runner's Shutdown calls)
 // closes its writer and leaves the group.
 type Queue struct {
-	cfg    Config
-	w      *kafkago.Writer
-	closed atomic.Bool
+	cfg     Config
+	w       *kafkago.Writer
+	dead    *kafkago.Writer     // to cfg.DeadLetter; nil without one
+	headers *carrier.Propagator // names of the dead-letter headers
+	closed  atomic.Bool
 
 	startOnce sync.Once
 	r         *kafkago.Reader
@@ -63,12 +75,19 @@ func New(cfg Config) (*Queue, error) {
 	if cfg.Group == "" {
 		cfg.Group = "tracebridge-jobs"
 	}
-	w := &kafkago.Writer{Addr: kafkago.TCP(cfg.Brokers...), Topic: cfg.Topic,
+	q := &Queue{cfg: cfg, w: writer(cfg.Brokers, cfg.Topic), headers: carrier.NewPropagator(), parts: make(map[int]*partition)}
+	if cfg.DeadLetter != "" {
+		q.dead = writer(cfg.Brokers, cfg.DeadLetter)
+	}
+	return q, nil
+}
+
+func writer(brokers []string, topic string) *kafkago.Writer {
+	return &kafkago.Writer{Addr: kafkago.TCP(brokers...), Topic: topic,
 		RequiredAcks: kafkago.RequireAll, Balancer: &kafkago.Hash{},
 		// One job per write is the common case; do not hold it back for a
 		// batch that is not coming.
 		BatchTimeout: time.Millisecond, AllowAutoTopicCreation: true}
-	return &Queue{cfg: cfg, w: w, parts: make(map[int]*partition)}, nil
 }
 
 // System reports "kafka".
@@ -109,8 +128,8 @@ func (q *Queue) reader() *kafkago.Reader {
 
 // Pop fetches the next job and waits out its NotBefore: Kafka cannot hold
 // a message back, so a delayed job or a retry holds the worker that
-// fetched it until it is due. A message that is not a job is settled
-// (committed past) so it does not block its partition.
+// fetched it until it is due. A message that is not a job goes to
+// Config.DeadLetter (see there) and is reported as an error.
 func (q *Queue) Pop(ctx context.Context) (*jobs.Envelope, error) {
 	r := q.reader()
 	m, err := r.FetchMessage(ctx)
@@ -123,8 +142,7 @@ func (q *Queue) Pop(ctx context.Context) (*jobs.Envelope, error) {
 	q.track(m)
 	e, err := jobs.DecodeEnvelope(tbkafka.NewCarrier(&m.Headers), m.Value)
 	if err != nil {
-		_ = q.settle(ctx, m)
-		return nil, fmt.Errorf("kafkaqueue: pop from %q partition %d offset %d: %w", q.cfg.Topic, m.Partition, m.Offset, err)
+		return nil, q.undecodable(ctx, m, err)
 	}
 	e.Receipt = m
 	if err := jobs.WaitUntil(ctx, e.NotBefore); err != nil {
@@ -132,6 +150,35 @@ func (q *Queue) Pop(ctx context.Context) (*jobs.Envelope, error) {
 		return nil, err
 	}
 	return e, nil
+}
+
+// deadLetterBackoff paces the retries of a dead-letter write.
+var deadLetterBackoff = msgtrace.Backoff{Initial: 100 * time.Millisecond, Max: 5 * time.Second}
+
+// undecodable settles a message that is not a job: written to the
+// dead-letter topic, retried until that succeeds, and then committed past;
+// committed past at once without a dead-letter topic. Retrying it would fail
+// the same way for ever, and it must not block its partition.
+func (q *Queue) undecodable(ctx context.Context, m kafkago.Message, derr error) error {
+	err := fmt.Errorf("kafkaqueue: pop from %q partition %d offset %d: %w", q.cfg.Topic, m.Partition, m.Offset, derr)
+	if q.dead == nil {
+		_ = q.settle(ctx, m)
+		return fmt.Errorf("%w; committed past, no dead-letter topic", err)
+	}
+	dl := kafkago.Message{Key: m.Key, Value: m.Value, Headers: slices.Clone(m.Headers)}
+	q.headers.InjectDeadLetter(tbkafka.NewCarrier(&dl.Headers), carrier.DeadLetter{Reason: derr.Error(), Source: q.cfg.Topic})
+	for try := 1; ; try++ {
+		werr := q.dead.WriteMessages(ctx, dl)
+		if werr == nil {
+			break
+		}
+		if !msgtrace.Sleep(ctx, deadLetterBackoff.Delay(try)) {
+			// Left uncommitted: it is delivered again after a restart.
+			return fmt.Errorf("%w; dead letter to %q failed, left uncommitted: %w", err, q.cfg.DeadLetter, werr)
+		}
+	}
+	_ = q.settle(ctx, m)
+	return fmt.Errorf("%w; moved to %q", err, q.cfg.DeadLetter)
 }
 
 func (q *Queue) track(m kafkago.Message) {
@@ -229,6 +276,9 @@ func (q *Queue) Close() error {
 		return nil
 	}
 	err := q.w.Close()
+	if q.dead != nil {
+		err = errors.Join(err, q.dead.Close())
+	}
 	q.startOnce.Do(func() {}) // no reader from now on
 	if q.r != nil {
 		err = errors.Join(err, q.r.Close())

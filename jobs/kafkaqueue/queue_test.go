@@ -46,6 +46,39 @@ func TestQueue(t *testing.T) {
 		},
 		Env:        []string{"KAFKA_BROKERS=" + strings.Join(brokers, ",")},
 		Redelivery: sessionTimeout,
+		DeadLetter: func(t testing.TB, name, dead string) (jobs.Queue, func(testing.TB) queuetest.Raw) {
+			q, err := kafkaqueue.New(kafkaqueue.Config{Brokers: brokers, Topic: name, SessionTimeout: sessionTimeout, DeadLetter: dead})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = q.Close() })
+			return q, func(t testing.TB) queuetest.Raw {
+				r := kafkago.NewReader(kafkago.ReaderConfig{Brokers: brokers, Topic: dead, MaxWait: 100 * time.Millisecond})
+				defer r.Close()
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				defer cancel()
+				m, err := r.ReadMessage(ctx)
+				if err != nil {
+					t.Fatalf("no dead letter on %q: %v", dead, err)
+				}
+				raw := queuetest.Raw{Body: m.Value, Headers: map[string]string{}}
+				for _, h := range m.Headers {
+					raw.Headers[h.Key] = string(h.Value)
+				}
+				return raw
+			}
+		},
+		Garbage: func(t testing.TB, name string, m queuetest.Raw) {
+			w := &kafkago.Writer{Addr: kafkago.TCP(brokers...), Topic: name, AllowAutoTopicCreation: true}
+			defer w.Close()
+			msg := kafkago.Message{Value: m.Body}
+			for k, v := range m.Headers {
+				msg.Headers = append(msg.Headers, kafkago.Header{Key: k, Value: []byte(v)})
+			}
+			if err := w.WriteMessages(context.Background(), msg); err != nil {
+				t.Fatal(err)
+			}
+		},
 	}
 	if queuetest.Child(t, b) {
 		return

@@ -12,6 +12,7 @@ import (
 	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tracebridge/tracebridge/carrier"
 	"github.com/tracebridge/tracebridge/jobs"
 	tbnats "github.com/tracebridge/tracebridge/nats"
 )
@@ -32,17 +33,26 @@ type Config struct {
 	Consumer string
 	// AckWait: see DefaultAckWait.
 	AckWait time.Duration
+	// DeadLetter is the subject a message that is not a job (garbage, or
+	// a job another version cannot decode) is published to, with its
+	// headers and the dead-letter-* headers, before it is terminated; a
+	// stream of yours must capture it. When the publish fails the message
+	// stays on the work stream. Empty terminates such a message after
+	// logging it (through the runner), so it is lost.
+	DeadLetter string
 }
 
 // Queue is a jobs.Queue on a JetStream work-queue stream. It is safe for
 // concurrent use; open one per process on the same stream and their
 // runners share the jobs.
 type Queue struct {
-	js      jetstream.JetStream
-	cons    jetstream.Consumer
-	stream  string
-	ackWait time.Duration
-	closed  atomic.Bool
+	js         jetstream.JetStream
+	cons       jetstream.Consumer
+	stream     string
+	ackWait    time.Duration
+	deadLetter string
+	headers    *carrier.Propagator // names of the dead-letter headers
+	closed     atomic.Bool
 }
 
 // delivery is a popped job's Receipt: the message to settle and the
@@ -78,7 +88,8 @@ func New(ctx context.Context, js jetstream.JetStream, cfg Config) (*Queue, error
 	if err != nil {
 		return nil, fmt.Errorf("natsqueue: new: consumer %q on stream %q: %w", cfg.Consumer, cfg.Stream, err)
 	}
-	return &Queue{js: js, cons: cons, stream: cfg.Stream, ackWait: cfg.AckWait}, nil
+	return &Queue{js: js, cons: cons, stream: cfg.Stream, ackWait: cfg.AckWait,
+		deadLetter: cfg.DeadLetter, headers: carrier.NewPropagator()}, nil
 }
 
 // System reports "nats".
@@ -112,8 +123,8 @@ const pollWait = 5 * time.Second
 
 // Pop pulls the next due job. A job that is not due yet is handed back
 // with NakWithDelay, so it waits on the server rather than in a worker.
-// A message that is not a job is terminated: redelivering it would fail
-// the same way for ever.
+// A message that is not a job goes to Config.DeadLetter (see there) and is
+// reported as an error.
 func (q *Queue) Pop(ctx context.Context) (*jobs.Envelope, error) {
 	for {
 		pctx, cancel := context.WithTimeout(ctx, pollWait)
@@ -135,8 +146,7 @@ func (q *Queue) Pop(ctx context.Context) (*jobs.Envelope, error) {
 		}
 		e, err := jobs.DecodeEnvelope(tbnats.HeaderCarrier(h), msg.Data())
 		if err != nil {
-			_ = msg.Term()
-			return nil, fmt.Errorf("natsqueue: pop from %q: %w", q.stream, err)
+			return nil, q.undecodable(ctx, msg, h, err)
 		}
 		if wait := time.Until(e.NotBefore); wait > 0 {
 			if err := msg.NakWithDelay(wait); err != nil {
@@ -147,6 +157,26 @@ func (q *Queue) Pop(ctx context.Context) (*jobs.Envelope, error) {
 		e.Receipt = &delivery{msg: msg, stop: q.heartbeat(msg)}
 		return e, nil
 	}
+}
+
+// undecodable settles a message that is not a job: dead-lettered and then
+// terminated, or left for redelivery when the dead letter cannot be
+// published; terminated at once without a dead-letter subject. Retrying it
+// would fail the same way for ever.
+func (q *Queue) undecodable(ctx context.Context, msg jetstream.Msg, h natsgo.Header, derr error) error {
+	err := fmt.Errorf("natsqueue: pop from %q: %w", q.stream, derr)
+	if q.deadLetter == "" {
+		_ = msg.Term()
+		return fmt.Errorf("%w; terminated, no dead-letter subject", err)
+	}
+	dl := tbnats.RepublishHeader(h)
+	q.headers.InjectDeadLetter(tbnats.HeaderCarrier(dl), carrier.DeadLetter{Reason: derr.Error(), Source: q.stream})
+	if _, perr := q.js.PublishMsg(ctx, &natsgo.Msg{Subject: q.deadLetter, Data: msg.Data(), Header: dl}); perr != nil {
+		_ = msg.NakWithDelay(time.Second)
+		return fmt.Errorf("%w; dead letter to %q failed, left on the stream: %w", err, q.deadLetter, perr)
+	}
+	_ = msg.Term()
+	return fmt.Errorf("%w; moved to %q", err, q.deadLetter)
 }
 
 // heartbeat tells JetStream the job is still running every third of the

@@ -48,6 +48,45 @@ var broker = queuetest.Broker{
 		}
 	},
 	Redelivery: ackWait,
+	DeadLetter: func(t testing.TB, name, dead string) (jobs.Queue, func(testing.TB) queuetest.Raw) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		js := connect(t)
+		st, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: dead, Subjects: []string{dead}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		q, err := natsqueue.New(ctx, js, natsqueue.Config{Stream: name, AckWait: ackWait, DeadLetter: dead})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return q, func(t testing.TB) queuetest.Raw {
+			deadline := time.Now().Add(30 * time.Second)
+			for {
+				m, err := st.GetMsg(context.Background(), 1)
+				if err == nil {
+					raw := queuetest.Raw{Body: m.Data, Headers: map[string]string{}}
+					for k := range m.Header {
+						raw.Headers[k] = m.Header.Get(k)
+					}
+					return raw
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("no dead letter on %q: %v", dead, err)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+		}
+	},
+	Garbage: func(t testing.TB, name string, m queuetest.Raw) {
+		h := natsgo.Header{}
+		for k, v := range m.Headers {
+			h.Set(k, v)
+		}
+		if _, err := connect(t).PublishMsg(context.Background(), &natsgo.Msg{Subject: name, Data: m.Body, Header: h}); err != nil {
+			t.Fatal(err)
+		}
+	},
 }
 
 // TestQueue runs the broker-queue suite on the NATS server: a second

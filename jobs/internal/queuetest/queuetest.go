@@ -42,6 +42,18 @@ type Broker struct {
 	// Redelivery bounds how long the broker takes to hand a killed
 	// worker's job to another worker.
 	Redelivery time.Duration
+	// DeadLetter opens a queue on name that moves messages which are not
+	// jobs to destination dead, and returns it with a func that waits for
+	// the next message on dead.
+	DeadLetter func(t testing.TB, name, dead string) (jobs.Queue, func(t testing.TB) Raw)
+	// Garbage puts m on name as a raw message that is not a job.
+	Garbage func(t testing.TB, name string, m Raw)
+}
+
+// Raw is a message as the broker holds it.
+type Raw struct {
+	Body    []byte
+	Headers map[string]string
 }
 
 const (
@@ -113,7 +125,7 @@ func Run(t *testing.T, b Broker, name string) {
 	for _, c := range []struct {
 		name string
 		run  func(*testing.T, Broker, string)
-	}{{"CrossProcess", crossProcess}, {"KilledWorker", killedWorker}, {"RetryLinks", retryLinks}} {
+	}{{"CrossProcess", crossProcess}, {"KilledWorker", killedWorker}, {"RetryLinks", retryLinks}, {"Undecodable", undecodable}} {
 		t.Run(c.name, func(t *testing.T) {
 			dest := name + "-" + c.name
 			t.Cleanup(func() { b.Remove(t, dest) })
@@ -381,5 +393,43 @@ func retryLinks(t *testing.T, b Broker, name string) {
 		if s.StartTime().Before(prev.EndTime()) {
 			t.Errorf("attempt %d started before attempt %d ended", i+1, i)
 		}
+	}
+}
+
+// undecodable: a message that is not a job moves to the dead-letter
+// destination with its headers (its journey) and the dead-letter-*
+// headers, and does not hold up the jobs behind it.
+func undecodable(t *testing.T, b Broker, name string) {
+	dead := name + "-dead"
+	t.Cleanup(func() { b.Remove(t, dead) })
+	q, next := b.DeadLetter(t, name, dead)
+	tel := testenv.NewTelemetry(t)
+	r := jobs.New(jobs.Config{Queue: q, Timeout: -1}, tracebridge.WithTracerProvider(tel.TracerProvider))
+	defer shutdown(t, r)
+	ran := make(chan string, 1)
+	must(t, r.Register("echo", func(_ context.Context, j *jobs.Job) error {
+		ran <- j.ID
+		return nil
+	}))
+
+	const tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+	b.Garbage(t, name, Raw{Body: []byte("not a job"), Headers: map[string]string{"traceparent": tp, "x-app": "v1"}})
+	id, err := r.Enqueue(context.Background(), "echo", []byte("after the garbage"))
+	must(t, err)
+	select {
+	case got := <-ran:
+		if got != id {
+			t.Fatalf("ran job %s, want %s", got, id)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the job behind a message that is not a job did not run")
+	}
+
+	m := next(t)
+	if string(m.Body) != "not a job" || m.Headers["traceparent"] != tp || m.Headers["x-app"] != "v1" {
+		t.Fatalf("dead letter %q with headers %v: body or original headers lost", m.Body, m.Headers)
+	}
+	if m.Headers["dead-letter-source"] != name || !strings.Contains(m.Headers["dead-letter-reason"], "decode") {
+		t.Fatalf("dead-letter headers %v: want source %q and the decode error as reason", m.Headers, name)
 	}
 }

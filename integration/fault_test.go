@@ -141,3 +141,42 @@ func TestFaultRabbitMQRestart(t *testing.T) {
 	x.lost = len(missing)
 	record(t, x)
 }
+
+// TestFaultNATSRestart stops the JetStream server (file-backed, the test's
+// own) mid-journey and starts it again: the RabbitMQ hop's publishes to it
+// fail and are retried, the NATS consumer resumes by itself after the
+// reconnect, deliveries whose ack was lost come back, and every journey
+// still arrives whole.
+func TestFaultNATSRestart(t *testing.T) {
+	testenv.SkipUnlessFaultTests(t)
+	w := newWorld(t, worldConfig{embeddedNATS: true, attempts: 30, backoff: 100 * time.Millisecond,
+		maxBackof: time.Second})
+	js := make([]*journey, faultJourneys)
+	for i := range js {
+		js[i] = w.newJourney(i)
+	}
+	began := startInBackground(w, js, 10*time.Millisecond)
+	w.waitSuccesses(t, hopNATS, faultJourneys/5)
+	w.natsSrv.Stop()
+	stoppedAt := w.successesAt(hopNATS)
+	time.Sleep(2 * time.Second)
+	if err := w.natsSrv.Restart(); err != nil {
+		t.Fatalf("restart NATS: %v", err)
+	}
+	<-began
+	missing := w.waitDone(js, 60*time.Second, isDone)
+	if stoppedAt >= faultJourneys {
+		t.Errorf("NATS stopped after every journey had passed it (%d): not mid-journey", stoppedAt)
+	}
+	// nats.go buffers publishes while it reconnects, so few forwards fail;
+	// the reconnect shows the outage happened mid-journey.
+	t.Logf("NATS stopped after %d of %d journeys for 2s; reconnects %d, failed forwards retried %d",
+		stoppedAt, faultJourneys, w.nc.Stats().Reconnects, w.forwardErrs.Load())
+	if w.nc.Stats().Reconnects == 0 {
+		t.Error("the NATS connection never reconnected: the server did not go down mid-journey")
+	}
+	all := w.spans(js)
+	x := w.checkJourneys(t, js, all, func(*journey) [numHops]arrival { return [numHops]arrival{} })
+	x.lost = len(missing)
+	record(t, x)
+}

@@ -82,6 +82,9 @@ type worldConfig struct {
 	// exclusiveAMQP takes RabbitMQ for this test alone, for tests that
 	// stop the node.
 	exclusiveAMQP bool
+	// embeddedNATS runs JetStream on a file-backed server of the test's
+	// own, for tests that restart it.
+	embeddedNATS bool
 }
 
 // world is one run of the whole pipeline on real brokers, with unique
@@ -98,6 +101,8 @@ type world struct {
 	amqpURL              string
 	queue, dlqQueue      string
 	natsURL              string
+	natsSrv              *testenv.NATSServer // the embedded server, with embeddedNATS
+	nc                   *natsgo.Conn
 	subj, dlqSubj        string
 	stream, dlqStream    string
 	js                   jetstream.JetStream
@@ -139,8 +144,8 @@ func newWorld(t *testing.T, cfg worldConfig) *world {
 	id := fmt.Sprintf("tbi-%s-%d", runID, nameSeq.Add(1))
 	w := &world{
 		t: t, cfg: cfg, tel: testenv.NewTelemetry(t),
-		kafkaAddrs: testenv.Kafka(t), natsURL: testenv.NATS(t),
-		topic: id, dlqTopic: id + "-dlq", group: id + "-g",
+		kafkaAddrs: testenv.Kafka(t),
+		topic:      id, dlqTopic: id + "-dlq", group: id + "-g",
 		queue: id, dlqQueue: id + ".dlq",
 		subj: id + ".work", dlqSubj: id + ".dlq",
 		stream: "S" + sanitize(id), dlqStream: "D" + sanitize(id),
@@ -148,6 +153,12 @@ func newWorld(t *testing.T, cfg worldConfig) *world {
 		journeys:        map[string]*journey{},
 		deadJobs:        map[string]*jobs.Job{},
 		deadJobSessions: map[string]string{},
+	}
+	if cfg.embeddedNATS {
+		w.natsSrv = testenv.EmbeddedNATS(t, testenv.NATSConfig{})
+		w.natsURL = w.natsSrv.URL
+	} else {
+		w.natsURL = testenv.NATS(t)
 	}
 	if cfg.exclusiveAMQP {
 		w.amqpURL = testenv.ExclusiveAMQP(t)
@@ -324,19 +335,26 @@ func (w *world) startAMQPConsumer() (stop func()) {
 
 func (w *world) setupNATS() {
 	t := w.t
-	nc, err := natsgo.Connect(w.natsURL, natsgo.Name(t.Name()), natsgo.MaxReconnects(-1))
+	nc, err := natsgo.Connect(w.natsURL, natsgo.Name(t.Name()), natsgo.MaxReconnects(-1),
+		natsgo.ReconnectWait(100*time.Millisecond))
 	if err != nil {
 		t.Fatalf("connect NATS: %v", err)
 	}
 	t.Cleanup(nc.Close)
+	w.nc = nc
 	if w.js, err = jetstream.New(nc); err != nil {
 		t.Fatalf("JetStream: %v", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	// A server the test restarts must keep what it acknowledged.
+	storage := jetstream.MemoryStorage
+	if w.natsSrv != nil {
+		storage = jetstream.FileStorage
+	}
 	for name, subj := range map[string]string{w.stream: w.subj, w.dlqStream: w.dlqSubj} {
 		if _, err := w.js.CreateStream(ctx, jetstream.StreamConfig{Name: name, Subjects: []string{subj},
-			Storage: jetstream.MemoryStorage}); err != nil {
+			Storage: storage}); err != nil {
 			t.Fatalf("create stream %s: %v", name, err)
 		}
 		t.Cleanup(func() { _ = w.js.DeleteStream(context.Background(), name) })
@@ -347,8 +365,13 @@ func (w *world) setupNATS() {
 func (w *world) startNATSConsumer() (stop func()) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	// A delivery whose ack was lost to a restart comes back after AckWait.
+	ackWait := 30 * time.Second
+	if w.natsSrv != nil {
+		ackWait = 3 * time.Second
+	}
 	cons, err := w.js.CreateOrUpdateConsumer(ctx, w.stream, jetstream.ConsumerConfig{
-		Durable: "journey", AckPolicy: jetstream.AckExplicitPolicy, AckWait: 30 * time.Second,
+		Durable: "journey", AckPolicy: jetstream.AckExplicitPolicy, AckWait: ackWait,
 		MaxDeliver: w.cfg.attempts, MaxAckPending: 2000})
 	if err != nil {
 		w.t.Fatalf("create NATS consumer: %v", err)

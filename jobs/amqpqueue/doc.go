@@ -22,7 +22,10 @@
 //     so a job can wait longer than its delay behind a longer one, never
 //     shorter.
 //
-// The queue does not reconnect: when its connection drops, Pop fails and
-// the runner's workers retry it, so recreate the runner (or restart the
-// process) to resume. Nothing is lost meanwhile: unacked jobs are requeued.
+// The queue reconnects: when its connection drops (a broker restart, a
+// network failure), Pop redials with backoff for as long as the runner
+// runs, redeclares the queues and consumes again, and a publish waits up
+// to Config.ReconnectWait for it. Nothing is lost meanwhile: RabbitMQ
+// requeues what the old connection had taken and not acked, and those
+// jobs run again (the same attempt number).
 package amqpqueue

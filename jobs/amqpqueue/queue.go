@@ -13,6 +13,7 @@ import (
 
 	tbamqp "github.com/tracebridge/tracebridge/amqp"
 	"github.com/tracebridge/tracebridge/carrier"
+	"github.com/tracebridge/tracebridge/internal/msgtrace"
 	"github.com/tracebridge/tracebridge/jobs"
 )
 
@@ -33,25 +34,48 @@ type Config struct {
 	// (through the runner), so it is lost unless the queue has a
 	// dead-letter exchange of its own.
 	DeadLetter string
+	// ReconnectWait is how long a publish (an enqueue, a retry, a dead
+	// letter) waits for a lost connection to come back before it fails;
+	// zero means 30s. Pop waits as long as its context allows.
+	ReconnectWait time.Duration
 }
 
-// Queue is a jobs.Queue on a durable RabbitMQ queue. It owns one
-// connection, with a confirm-mode channel for publishing and another for
-// consuming; Close (which the runner's Shutdown calls) closes it.
-type Queue struct {
-	conn     *amqp091.Connection
-	pub      *amqp091.Channel
-	sub      *amqp091.Channel
-	queue    string
-	delayQ   string
-	deadQ    string
-	prefetch int
-	headers  *carrier.Propagator // names of the dead-letter headers
-	closed   atomic.Bool
+// DefaultReconnectWait is Config.ReconnectWait's default.
+const DefaultReconnectWait = 30 * time.Second
 
-	startOnce  sync.Once
-	deliveries <-chan amqp091.Delivery
-	startErr   error
+// reconnectBackoff paces redials after the connection is lost.
+var reconnectBackoff = msgtrace.Backoff{Initial: 100 * time.Millisecond, Max: 5 * time.Second}
+
+// Queue is a jobs.Queue on a durable RabbitMQ queue. It holds one
+// connection at a time, with a confirm-mode channel for publishing and
+// another for consuming, and dials a new one when it is lost (a broker
+// restart, a network drop): what was taken and not acked is requeued by
+// the broker, and the workers carry on. Close (which the runner's Shutdown
+// calls) closes it.
+type Queue struct {
+	url           string
+	queue         string
+	delayQ        string
+	deadQ         string
+	prefetch      int
+	reconnectWait time.Duration
+	headers       *carrier.Propagator // names of the dead-letter headers
+	closed        atomic.Bool
+	closing       context.Context // ends at Close, and any redial with it
+	close         context.CancelFunc
+
+	mu   sync.Mutex // guards sess and serializes redials
+	sess *session   // nil while disconnected
+}
+
+// session is one connection and what was set up on it.
+type session struct {
+	conn *amqp091.Connection
+	pub  *amqp091.Channel
+	lost chan struct{} // closed when the connection closes
+
+	mu         sync.Mutex
+	deliveries <-chan amqp091.Delivery // nil until the first Pop
 }
 
 // New dials url, declares the work queue and its delay queue (durable),
@@ -64,42 +88,111 @@ func New(url string, cfg Config) (*Queue, error) {
 	if cfg.Prefetch <= 0 {
 		cfg.Prefetch = 16
 	}
-	conn, err := amqp091.Dial(url)
-	if err != nil {
-		return nil, fmt.Errorf("amqpqueue: new %q: dial: %w", cfg.Queue, err)
+	if cfg.ReconnectWait <= 0 {
+		cfg.ReconnectWait = DefaultReconnectWait
 	}
-	q := &Queue{conn: conn, queue: cfg.Queue, delayQ: cfg.Queue + tbamqp.DelayQueueSuffix, deadQ: cfg.DeadLetter,
-		prefetch: cfg.Prefetch, headers: carrier.NewPropagator()}
-	if err := q.setup(); err != nil {
-		_ = conn.Close()
+	q := &Queue{url: url, queue: cfg.Queue, delayQ: cfg.Queue + tbamqp.DelayQueueSuffix, deadQ: cfg.DeadLetter,
+		prefetch: cfg.Prefetch, reconnectWait: cfg.ReconnectWait, headers: carrier.NewPropagator()}
+	q.closing, q.close = context.WithCancel(context.Background())
+	s, err := q.dial()
+	if err != nil {
+		q.close()
 		return nil, fmt.Errorf("amqpqueue: new %q: %w", cfg.Queue, err)
 	}
+	q.sess = s
 	return q, nil
 }
 
-func (q *Queue) setup() error {
+// dial connects and declares the work queue, its delay queue and the
+// dead-letter queue, all durable, as on every reconnect.
+func (q *Queue) dial() (*session, error) {
+	conn, err := amqp091.Dial(q.url)
+	if err != nil {
+		return nil, fmt.Errorf("dial: %w", err)
+	}
+	s := &session{conn: conn, lost: make(chan struct{})}
+	closed := conn.NotifyClose(make(chan *amqp091.Error, 1))
+	go func() {
+		<-closed
+		close(s.lost)
+	}()
+	if err := q.declare(s); err != nil {
+		_ = conn.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (q *Queue) declare(s *session) error {
 	var err error
-	if q.pub, err = q.conn.Channel(); err != nil {
+	if s.pub, err = s.conn.Channel(); err != nil {
 		return fmt.Errorf("publish channel: %w", err)
 	}
-	if err = q.pub.Confirm(false); err != nil {
+	if err = s.pub.Confirm(false); err != nil {
 		return fmt.Errorf("confirm mode: %w", err)
 	}
-	if _, err = q.pub.QueueDeclare(q.queue, true, false, false, false, nil); err != nil {
+	if _, err = s.pub.QueueDeclare(q.queue, true, false, false, false, nil); err != nil {
 		return fmt.Errorf("declare: %w", err)
 	}
 	// The same delay-queue shape the amqp Consumer uses: expired messages
 	// are dead-lettered back to the work queue through the default exchange.
-	if _, err = q.pub.QueueDeclare(q.delayQ, true, false, false, false, amqp091.Table{
+	if _, err = s.pub.QueueDeclare(q.delayQ, true, false, false, false, amqp091.Table{
 		"x-dead-letter-exchange": "", "x-dead-letter-routing-key": q.queue}); err != nil {
 		return fmt.Errorf("declare delay queue %q: %w", q.delayQ, err)
 	}
 	if q.deadQ != "" {
-		if _, err = q.pub.QueueDeclare(q.deadQ, true, false, false, false, nil); err != nil {
+		if _, err = s.pub.QueueDeclare(q.deadQ, true, false, false, false, nil); err != nil {
 			return fmt.Errorf("declare dead-letter queue %q: %w", q.deadQ, err)
 		}
 	}
 	return nil
+}
+
+func (s *session) isLost() bool {
+	select {
+	case <-s.lost:
+		return true
+	default:
+		return false
+	}
+}
+
+// session returns the live connection, redialing with backoff until ctx
+// ends (or Close) when it was lost.
+func (q *Queue) session(ctx context.Context) (*session, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if s := q.sess; s != nil && !s.isLost() {
+		return s, nil
+	}
+	if q.closed.Load() {
+		return nil, fmt.Errorf("amqpqueue: %q: %w", q.queue, jobs.ErrClosed)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(q.closing, cancel)()
+	var s *session
+	var last error
+	err := msgtrace.Redial(ctx, reconnectBackoff, 0, func(context.Context) error {
+		var err error
+		s, err = q.dial()
+		return err
+	}, func(_ int, err error) { last = err })
+	if err != nil {
+		return nil, fmt.Errorf("amqpqueue: reconnect for %q: %w (%w; last: %w)", q.queue, tbamqp.ErrDisconnected, err, last)
+	}
+	q.sess = s
+	return s, nil
+}
+
+// drop forgets s after an error on it, so the next call redials.
+func (q *Queue) drop(s *session) {
+	q.mu.Lock()
+	if q.sess == s {
+		q.sess = nil
+	}
+	q.mu.Unlock()
+	_ = s.conn.Close()
 }
 
 // System reports "rabbitmq".
@@ -137,55 +230,82 @@ func (q *Queue) publish(ctx context.Context, e *jobs.Envelope) error {
 	return nil
 }
 
-// confirmed publishes msg to queue key and waits for the broker's confirm.
+// confirmed publishes msg to queue key and waits for the broker's confirm,
+// waiting up to ReconnectWait for a lost connection to come back.
 func (q *Queue) confirmed(ctx context.Context, key string, msg amqp091.Publishing) error {
-	dc, err := q.pub.PublishWithDeferredConfirmWithContext(ctx, "", key, false, false, msg)
+	wctx, cancel := context.WithTimeout(ctx, q.reconnectWait)
+	s, err := q.session(wctx)
+	cancel()
 	if err != nil {
+		return err
+	}
+	dc, err := s.pub.PublishWithDeferredConfirmWithContext(ctx, "", key, false, false, msg)
+	if err != nil {
+		q.drop(s)
 		return err
 	}
 	ok, err := dc.WaitContext(ctx)
 	switch {
 	case err != nil:
 		return err
+	case !ok && s.isLost():
+		// The channel closed under the publish; the broker may or may not
+		// have it, and the caller's retry decides.
+		return fmt.Errorf("%w: the connection closed before the confirm", tbamqp.ErrDisconnected)
 	case !ok:
 		return tbamqp.ErrNacked
 	}
 	return nil
 }
 
-func (q *Queue) start() error {
-	q.startOnce.Do(func() {
-		var err error
-		if q.sub, err = q.conn.Channel(); err == nil {
-			if err = q.sub.Qos(q.prefetch, 0, false); err == nil {
-				q.deliveries, err = q.sub.Consume(q.queue, "", false, false, false, false, nil)
-			}
+// deliveries starts consuming on s at its first Pop.
+func (q *Queue) deliveries(s *session) (<-chan amqp091.Delivery, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.deliveries != nil {
+		return s.deliveries, nil
+	}
+	sub, err := s.conn.Channel()
+	if err == nil {
+		if err = sub.Qos(q.prefetch, 0, false); err == nil {
+			s.deliveries, err = sub.Consume(q.queue, "", false, false, false, false, nil)
 		}
-		if err != nil {
-			q.startErr = fmt.Errorf("amqpqueue: consume %q: %w", q.queue, err)
-		}
-	})
-	return q.startErr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("amqpqueue: consume %q: %w", q.queue, err)
+	}
+	return s.deliveries, nil
 }
 
-// Pop returns the next delivery. The delay queue releases a job when it
-// is due, but RabbitMQ's clock and ours may differ, so Pop waits out any
-// rest of NotBefore. A message that is not a job is rejected without
-// requeue: redelivering it would fail the same way for ever.
+// Pop returns the next delivery, reconnecting first when the connection
+// was lost. The delay queue releases a job when it is due, but RabbitMQ's
+// clock and ours may differ, so Pop waits out any rest of NotBefore. A
+// message that is not a job goes to Config.DeadLetter (see there) and is
+// reported as an error.
 func (q *Queue) Pop(ctx context.Context) (*jobs.Envelope, error) {
-	if err := q.start(); err != nil {
-		return nil, err
-	}
 	var d amqp091.Delivery
-	var ok bool
-	select {
-	case d, ok = <-q.deliveries:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	if !ok {
-		<-ctx.Done() // closed connection: nothing more will come
-		return nil, fmt.Errorf("amqpqueue: pop from %q: %w (%w)", q.queue, tbamqp.ErrDisconnected, ctx.Err())
+	for {
+		s, err := q.session(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("amqpqueue: pop from %q: %w", q.queue, err)
+		}
+		ds, err := q.deliveries(s)
+		if err != nil {
+			q.drop(s)
+			return nil, err
+		}
+		var ok bool
+		select {
+		case d, ok = <-ds:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		if ok {
+			break
+		}
+		// The connection or the channel closed: the broker requeues what
+		// this process had not acked, and the next session consumes again.
+		q.drop(s)
 	}
 	e, err := jobs.DecodeEnvelope(tbamqp.Carrier(d.Headers), d.Body)
 	if err != nil {
@@ -284,7 +404,15 @@ func (q *Queue) Close() error {
 	if q.closed.Swap(true) {
 		return nil
 	}
-	if err := q.conn.Close(); err != nil && !errors.Is(err, amqp091.ErrClosed) {
+	q.close()
+	q.mu.Lock()
+	s := q.sess
+	q.sess = nil
+	q.mu.Unlock()
+	if s == nil {
+		return nil
+	}
+	if err := s.conn.Close(); err != nil && !errors.Is(err, amqp091.ErrClosed) {
 		return fmt.Errorf("amqpqueue: close %q: %w", q.queue, err)
 	}
 	return nil

@@ -23,22 +23,7 @@ var broker = queuetest.Broker{
 		t.Cleanup(func() { _ = q.Close() })
 		return q
 	},
-	Remove: func(t testing.TB, name string) {
-		conn, err := amqp091.Dial(testenv.AMQP(t))
-		if err != nil {
-			t.Fatalf("dial %s: %v", testenv.AMQPURL(), err)
-		}
-		defer conn.Close()
-		ch, err := conn.Channel()
-		if err != nil {
-			t.Fatalf("channel: %v", err)
-		}
-		for _, q := range []string{name, name + tbamqp.DelayQueueSuffix} {
-			if _, err := ch.QueueDelete(q, false, false, false); err != nil {
-				t.Errorf("delete queue %q: %v", q, err)
-			}
-		}
-	},
+	Remove: func(t testing.TB, name string) { removeQueues(t, testenv.AMQP(t), name) },
 	// RabbitMQ requeues a dead connection's unacked deliveries at once.
 	Redelivery: time.Second,
 	DeadLetter: func(t testing.TB, name, dead string) (jobs.Queue, func(testing.TB) queuetest.Raw) {
@@ -78,6 +63,24 @@ var broker = queuetest.Broker{
 			t.Fatal(err)
 		}
 	},
+}
+
+// removeQueues deletes the work queue name and its delay queue.
+func removeQueues(t testing.TB, url, name string) {
+	conn, err := amqp091.Dial(url)
+	if err != nil {
+		t.Fatalf("dial %s: %v", testenv.AMQPURL(), err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatalf("channel: %v", err)
+	}
+	for _, q := range []string{name, name + tbamqp.DelayQueueSuffix} {
+		if _, err := ch.QueueDelete(q, false, false, false); err != nil {
+			t.Errorf("delete queue %q: %v", q, err)
+		}
+	}
 }
 
 // channel is a channel on a connection of its own, closed after t.

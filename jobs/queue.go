@@ -44,7 +44,10 @@ type Queue interface {
 	// not wait for room: the workers that call it are the queue's
 	// consumers, so waiting could deadlock them. A broker-backed queue
 	// publishes next before it acks prev, so a crash in between repeats
-	// an attempt rather than losing the job.
+	// an attempt rather than losing the job. An error means the job can
+	// be neither retried nor handed back, and the runner gives it up as
+	// dead; a queue that could only hand prev back to its broker (the
+	// attempt runs again with the same number) returns nil.
 	Retry(ctx context.Context, prev, next *Envelope) error
 	// Release hands back a popped job whose attempt was interrupted, so it
 	// is delivered again later (to this process or another).

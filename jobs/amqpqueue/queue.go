@@ -64,8 +64,9 @@ type Queue struct {
 	closing       context.Context // ends at Close, and any redial with it
 	close         context.CancelFunc
 
-	mu   sync.Mutex // guards sess and serializes redials
-	sess *session   // nil while disconnected
+	mu        sync.Mutex
+	sess      *session      // nil while disconnected
+	redialing chan struct{} // closed when the running redial ends; nil when none runs
 }
 
 // session is one connection and what was set up on it.
@@ -148,41 +149,67 @@ func (q *Queue) declare(s *session) error {
 	return nil
 }
 
+// isLost reports whether the connection or its publish channel closed;
+// both flags are set synchronously by amqp091, before any notification.
 func (s *session) isLost() bool {
 	select {
 	case <-s.lost:
 		return true
 	default:
-		return false
+		return s.conn.IsClosed() || s.pub.IsClosed()
 	}
 }
 
-// session returns the live connection, redialing with backoff until ctx
-// ends (or Close) when it was lost.
+// session returns the live connection. When it was lost, one redial runs
+// in the background (until it succeeds or Close) and every caller waits for
+// it only as long as its own ctx allows, so an outage never holds a caller
+// past its deadline.
 func (q *Queue) session(ctx context.Context) (*session, error) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if s := q.sess; s != nil && !s.isLost() {
-		return s, nil
+	for {
+		q.mu.Lock()
+		if s := q.sess; s != nil && !s.isLost() {
+			q.mu.Unlock()
+			return s, nil
+		}
+		if q.closed.Load() {
+			q.mu.Unlock()
+			return nil, fmt.Errorf("amqpqueue: %q: %w", q.queue, jobs.ErrClosed)
+		}
+		ready := q.redialing
+		if ready == nil {
+			ready = make(chan struct{})
+			q.redialing = ready
+			go q.redial(ready)
+		}
+		q.mu.Unlock()
+		select {
+		case <-ready:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("amqpqueue: %q: %w (%w)", q.queue, tbamqp.ErrDisconnected, ctx.Err())
+		}
 	}
-	if q.closed.Load() {
-		return nil, fmt.Errorf("amqpqueue: %q: %w", q.queue, jobs.ErrClosed)
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	defer context.AfterFunc(q.closing, cancel)()
+}
+
+// redial dials with the shared jittered backoff until it connects or the
+// queue is closed, then closes ready.
+func (q *Queue) redial(ready chan struct{}) {
 	var s *session
-	var last error
-	err := msgtrace.Redial(ctx, reconnectBackoff, 0, func(context.Context) error {
+	err := msgtrace.Redial(q.closing, reconnectBackoff, 0, func(context.Context) error {
 		var err error
 		s, err = q.dial()
 		return err
-	}, func(_ int, err error) { last = err })
-	if err != nil {
-		return nil, fmt.Errorf("amqpqueue: reconnect for %q: %w (%w; last: %w)", q.queue, tbamqp.ErrDisconnected, err, last)
+	}, nil)
+	q.mu.Lock()
+	if err == nil {
+		if q.closed.Load() {
+			_ = s.conn.Close()
+		} else {
+			q.sess = s
+		}
 	}
-	q.sess = s
-	return s, nil
+	q.redialing = nil
+	q.mu.Unlock()
+	close(ready)
 }
 
 // drop forgets s after an error on it, so the next call redials.
@@ -234,15 +261,24 @@ func (q *Queue) publish(ctx context.Context, e *jobs.Envelope) error {
 // waiting up to ReconnectWait for a lost connection to come back.
 func (q *Queue) confirmed(ctx context.Context, key string, msg amqp091.Publishing) error {
 	wctx, cancel := context.WithTimeout(ctx, q.reconnectWait)
-	s, err := q.session(wctx)
-	cancel()
-	if err != nil {
-		return err
-	}
-	dc, err := s.pub.PublishWithDeferredConfirmWithContext(ctx, "", key, false, false, msg)
-	if err != nil {
+	defer cancel()
+	var dc *amqp091.DeferredConfirmation
+	var s *session
+	for {
+		var err error
+		if s, err = q.session(wctx); err != nil {
+			return err
+		}
+		dc, err = s.pub.PublishWithDeferredConfirmWithContext(ctx, "", key, false, false, msg)
+		if err == nil {
+			break
+		}
 		q.drop(s)
-		return err
+		if !errors.Is(err, amqp091.ErrClosed) {
+			return err
+		}
+		// The channel closed before anything was sent: wait for the next
+		// connection within the same ReconnectWait.
 	}
 	ok, err := dc.WaitContext(ctx)
 	switch {
@@ -336,6 +372,9 @@ func (q *Queue) undecodable(ctx context.Context, d amqp091.Delivery, derr error)
 	msg := amqp091.Publishing{Headers: h, Body: d.Body, MessageId: d.MessageId, ContentType: d.ContentType,
 		DeliveryMode: amqp091.Persistent}
 	if perr := q.confirmed(ctx, q.deadQ, msg); perr != nil {
+		// Requeued after a pause, so a dead-letter queue that refuses
+		// publishes does not turn into a redelivery loop.
+		msgtrace.Sleep(ctx, time.Second)
 		_ = d.Nack(false, true)
 		return fmt.Errorf("%w; dead letter to %q failed, requeued: %w", err, q.deadQ, perr)
 	}
@@ -364,15 +403,21 @@ func (q *Queue) Ack(_ context.Context, e *jobs.Envelope) error {
 
 // Retry publishes next (to the delay queue while it is not due) and acks
 // prev only after the broker confirmed that publish, so a crash in between
-// repeats an attempt instead of losing the job.
+// repeats an attempt instead of losing the job. When prev's connection is
+// gone, or next cannot be published, prev is handed back to the broker
+// instead and runs again with the same attempt number: the job is never
+// reported dead while RabbitMQ still holds it, nor copied.
 func (q *Queue) Retry(ctx context.Context, prev, next *jobs.Envelope) error {
 	d, err := delivery(prev)
 	if err != nil {
 		return err
 	}
+	if ch, ok := d.Acknowledger.(interface{ IsClosed() bool }); ok && ch.IsClosed() {
+		return nil // the broker requeued prev when its channel closed
+	}
 	if err := q.publish(ctx, next); err != nil {
-		_ = d.Nack(false, true)
-		return fmt.Errorf("amqpqueue: retry: %w", err)
+		_ = d.Nack(false, true) // or requeued by the broker if the channel is gone
+		return nil
 	}
 	// next is stored: a failed ack only means prev comes back when the
 	// connection closes and runs its attempt again; the job is not dead.

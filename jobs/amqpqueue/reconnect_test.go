@@ -15,7 +15,8 @@ import (
 
 // TestReconnectAfterBrokerRestart stops the RabbitMQ application under a
 // runner and starts it again: enqueues wait for the connection to come
-// back, the workers consume again by themselves, and every job runs.
+// back, the workers consume again by themselves, every job runs, and the
+// job that was running at the stop runs again (its ack was lost).
 func TestReconnectAfterBrokerRestart(t *testing.T) {
 	testenv.SkipUnlessFaultTests(t)
 	if _, err := exec.LookPath("rabbitmqctl"); err != nil {
@@ -52,6 +53,23 @@ func TestReconnectAfterBrokerRestart(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	// A job running when the node stops: its ack is lost with the
+	// connection, so RabbitMQ requeues it and it runs again afterwards.
+	started, release := make(chan struct{}), make(chan struct{})
+	var slowRuns int
+	if err := r.Register("slow", func(context.Context, *jobs.Job) error {
+		mu.Lock()
+		slowRuns++
+		first := slowRuns == 1
+		mu.Unlock()
+		if first {
+			close(started)
+			<-release
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 	enqueue := func(n int) []string {
 		ids := make([]string, n)
 		for i := range ids {
@@ -75,10 +93,15 @@ func TestReconnectAfterBrokerRestart(t *testing.T) {
 	}
 	before := enqueue(5)
 	waitRan(before)
+	if _, err := r.Enqueue(context.Background(), "slow", nil); err != nil {
+		t.Fatal(err)
+	}
+	<-started
 
 	if out, err := exec.Command("rabbitmqctl", "stop_app").CombinedOutput(); err != nil {
 		t.Fatalf("stop_app: %v\n%s", err, out)
 	}
+	close(release) // its ack goes nowhere
 	restarted := make(chan error, 1)
 	go func() {
 		time.Sleep(2 * time.Second)
@@ -88,6 +111,15 @@ func TestReconnectAfterBrokerRestart(t *testing.T) {
 		}
 		restarted <- err
 	}()
+	// A caller's deadline holds during the outage: it is not queued
+	// behind the workers' redial.
+	tctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	t0 := time.Now()
+	_, derr := r.Enqueue(tctx, "echo", nil)
+	cancel()
+	if took := time.Since(t0); derr == nil || took > 2*time.Second {
+		t.Fatalf("enqueue with a 300ms deadline while the node is down: err %v after %v", derr, took)
+	}
 	// Enqueued while the node is down: the publish waits for the
 	// reconnect instead of failing.
 	after := enqueue(5)
@@ -95,4 +127,9 @@ func TestReconnectAfterBrokerRestart(t *testing.T) {
 		t.Fatalf("start_app: %v", err)
 	}
 	waitRan(after)
+	testenv.WaitFor(t, "the job whose ack was lost to run again", 30*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return slowRuns >= 2
+	})
 }

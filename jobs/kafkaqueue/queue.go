@@ -172,12 +172,17 @@ func (q *Queue) undecodable(ctx context.Context, m kafkago.Message, derr error) 
 		if werr == nil {
 			break
 		}
-		if !msgtrace.Sleep(ctx, deadLetterBackoff.Delay(try)) {
-			// Left uncommitted: it is delivered again after a restart.
+		// Left uncommitted, it holds its partition's commits back and is
+		// delivered again after a restart; a write that cannot succeed
+		// (too large, not authorized) is not retried for ever.
+		var kerr kafkago.Error
+		if errors.As(werr, &kerr) && !kerr.Temporary() || !msgtrace.Sleep(ctx, deadLetterBackoff.Delay(try)) {
 			return fmt.Errorf("%w; dead letter to %q failed, left uncommitted: %w", err, q.cfg.DeadLetter, werr)
 		}
 	}
-	_ = q.settle(ctx, m)
+	// Committed even if the worker is stopping now: the dead letter is
+	// written, and leaving the offset would write it again.
+	_ = q.settle(context.WithoutCancel(ctx), m)
 	return fmt.Errorf("%w; moved to %q", err, q.cfg.DeadLetter)
 }
 

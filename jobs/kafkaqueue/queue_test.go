@@ -53,7 +53,9 @@ func TestQueue(t *testing.T) {
 			}
 			t.Cleanup(func() { _ = q.Close() })
 			return q, func(t testing.TB) queuetest.Raw {
-				r := kafkago.NewReader(kafkago.ReaderConfig{Brokers: brokers, Topic: dead, MaxWait: 100 * time.Millisecond})
+				// A group reads every partition the dead letter may be on.
+				r := kafkago.NewReader(kafkago.ReaderConfig{Brokers: brokers, GroupTopics: []string{dead},
+					GroupID: dead + "-reader", StartOffset: kafkago.FirstOffset, MaxWait: 100 * time.Millisecond})
 				defer r.Close()
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 				defer cancel()

@@ -171,7 +171,13 @@ func (q *Queue) undecodable(ctx context.Context, msg jetstream.Msg, h natsgo.Hea
 	}
 	dl := tbnats.RepublishHeader(h)
 	q.headers.InjectDeadLetter(tbnats.HeaderCarrier(dl), carrier.DeadLetter{Reason: derr.Error(), Source: q.stream})
-	if _, perr := q.js.PublishMsg(ctx, &natsgo.Msg{Subject: q.deadLetter, Data: msg.Data(), Header: dl}); perr != nil {
+	// Deduplicated by stream position: a dead letter whose PubAck or Term
+	// was lost is published again on redelivery, and dropped by the server.
+	var opts []jetstream.PublishOpt
+	if md, merr := msg.Metadata(); merr == nil {
+		opts = append(opts, jetstream.WithMsgID(md.Stream+"/"+strconv.FormatUint(md.Sequence.Stream, 10)))
+	}
+	if _, perr := q.js.PublishMsg(ctx, &natsgo.Msg{Subject: q.deadLetter, Data: msg.Data(), Header: dl}, opts...); perr != nil {
 		_ = msg.NakWithDelay(time.Second)
 		return fmt.Errorf("%w; dead letter to %q failed, left on the stream: %w", err, q.deadLetter, perr)
 	}

@@ -404,7 +404,9 @@ func undecodable(t *testing.T, b Broker, name string) {
 	t.Cleanup(func() { b.Remove(t, dead) })
 	q, next := b.DeadLetter(t, name, dead)
 	tel := testenv.NewTelemetry(t)
-	r := jobs.New(jobs.Config{Queue: q, Timeout: -1}, tracebridge.WithTracerProvider(tel.TracerProvider))
+	// One worker: a message that is not a job must not stop it.
+	r := jobs.New(jobs.Config{Queue: q, Timeout: -1}, tracebridge.WithTracerProvider(tel.TracerProvider),
+		tracebridge.WithConcurrency(1))
 	defer shutdown(t, r)
 	ran := make(chan string, 1)
 	must(t, r.Register("echo", func(_ context.Context, j *jobs.Job) error {

@@ -218,7 +218,7 @@ func (s *session) handle(base, stop context.Context, d amqp091.Delivery) {
 		Ack:    func(context.Context) error { return ack.Ack(tag, false) },
 		AckOp:  "ack",
 		Republish: func(ctx context.Context, r carrier.Retry) error {
-			msg := republishing(&d)
+			msg := Republishing(&d)
 			c.t.Carrier().InjectRetry(Carrier(msg.Headers), r)
 			if !delayQueue {
 				return s.pub.PublishWithContext(ctx, "", c.t.RetryDestination, true, false, msg)
@@ -234,7 +234,7 @@ func (s *session) handle(base, stop context.Context, d amqp091.Delivery) {
 	}
 	if c.t.DeadLetter != "" {
 		st.DeadLetter = func(ctx context.Context, last trace.SpanContext, dl carrier.DeadLetter) error {
-			msg := republishing(&d)
+			msg := Republishing(&d)
 			h := Carrier(msg.Headers)
 			h.Set(c.t.Carrier().Names().RetryPrevious, carrier.FormatTraceparent(last))
 			c.t.Carrier().InjectDeadLetter(h, dl)
@@ -252,10 +252,13 @@ func (s *session) handle(base, stop context.Context, d amqp091.Delivery) {
 	}
 }
 
-// republishing copies a delivery into a Publishing with its properties and
-// headers, minus the broker's per-queue delivery count, which describes
-// the old queue and would inflate the attempt number in the new one.
-func republishing(d *amqp091.Delivery) amqp091.Publishing {
+// Republishing copies a delivery into a persistent Publishing with its
+// properties and headers (its journey), for sending it on elsewhere: a
+// retry, a dead letter. The broker's per-queue delivery count is left out:
+// it describes the old queue and would inflate the attempt number in the
+// new one. The header table is a copy with room for the retry and
+// dead-letter headers.
+func Republishing(d *amqp091.Delivery) amqp091.Publishing {
 	h := make(amqp091.Table, len(d.Headers)+5)
 	for k, v := range d.Headers {
 		if k != headerDeliveryCount {

@@ -364,13 +364,8 @@ func (q *Queue) undecodable(ctx context.Context, d amqp091.Delivery, derr error)
 		_ = d.Reject(false)
 		return fmt.Errorf("%w; rejected, no dead-letter queue", err)
 	}
-	h := make(amqp091.Table, len(d.Headers)+3)
-	for k, v := range d.Headers {
-		h[k] = v
-	}
-	q.headers.InjectDeadLetter(tbamqp.Carrier(h), carrier.DeadLetter{Reason: derr.Error(), Source: q.queue})
-	msg := amqp091.Publishing{Headers: h, Body: d.Body, MessageId: d.MessageId, ContentType: d.ContentType,
-		DeliveryMode: amqp091.Persistent}
+	msg := tbamqp.Republishing(&d)
+	q.headers.InjectDeadLetter(tbamqp.Carrier(msg.Headers), carrier.DeadLetter{Reason: derr.Error(), Source: q.queue})
 	if perr := q.confirmed(ctx, q.deadQ, msg); perr != nil {
 		// Requeued after a pause, so a dead-letter queue that refuses
 		// publishes does not turn into a redelivery loop.

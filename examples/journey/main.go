@@ -15,10 +15,13 @@
 // OTLP/HTTP, so Jaeger shows the same journey, and its verdict counts the
 // spans the endpoint accepted: a failed export fails the run.
 //
-// Topics, queues and subjects have the same names on every run. Runs are
-// kept apart by their session: each service handles only the messages of
-// this run's session, so a message an interrupted earlier run left on a
-// broker is settled and skipped, never joined to this run's journey.
+// Topics, queues and subjects have the same names on every run, and stay on
+// the brokers between runs (the JetStream stream keeps messages for a day).
+// Runs are kept apart by their session: each service handles only the
+// messages of this run's session, so a message an interrupted earlier run
+// left on a broker is settled and skipped, never joined to this run's
+// journey, and the JetStream consumer is ephemeral and starts at the first
+// new message.
 package main
 
 import (

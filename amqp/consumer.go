@@ -43,7 +43,7 @@ const delayQueueAttr = attribute.Key("tracebridge.retry.delay_ms")
 // reconnects. Run it with Run.
 type Consumer struct {
 	t     *msgtrace.Tracer
-	link  *link
+	link  channelSource
 	queue string
 	setup Setup
 	h     Handler
@@ -53,8 +53,10 @@ type Consumer struct {
 	OnReconnect func()
 }
 
-// NewConsumer returns a Consumer of queue on the broker at url. setup (may
-// be nil) declares the topology on every connect. It reads
+// NewConsumer returns a Consumer of queue on the broker at url, over a
+// connection of its own that it dials, redials after a loss, and closes when
+// Run returns; NewConsumerOn consumes over a connection you already have.
+// setup (may be nil) declares the topology on every connect. It reads
 // WithTracerProvider, WithMeterProvider, WithPropagators, WithTrust,
 // WithParentPolicy, WithConcurrency (prefetch is twice the concurrency),
 // WithRetry, WithRetryDestination, WithDeadLetter, WithSettleSpans,
@@ -79,7 +81,7 @@ func NewConsumer(url, queue string, setup Setup, h Handler, opts ...tracebridge.
 }
 
 // Run consumes until ctx ends, reconnecting with backoff whenever the
-// connection or channel closes. When ctx ends it stops taking deliveries,
+// connection or channel closes (for NewConsumerOn, see there). When ctx ends it stops taking deliveries,
 // lets the handlers in flight finish and settle (their context is not
 // cancelled), returns unstarted prefetched deliveries to the queue, closes
 // the connection and returns nil. A failure to connect or set up the
@@ -99,11 +101,10 @@ func (c *Consumer) Run(ctx context.Context) error {
 			if err := dial(ctx); err != nil {
 				return err
 			}
-		} else if err := msgtrace.Redial(ctx, reconnectBackoff, reconnectMin, dial, func(n int, err error) {
-			if n == 1 || n%10 == 0 {
-				c.t.Logger.Warn("tracebridge: RabbitMQ consumer reconnecting", "queue", c.queue, "attempt", n, "error", err)
+		} else if err := c.redial(ctx, func() error { return dial(ctx) }); err != nil {
+			if errors.Is(err, errNoRedial) {
+				return fmt.Errorf("amqp: consume %q: %w", c.queue, err)
 			}
-		}); err != nil {
 			return nil
 		}
 		if !first && c.OnReconnect != nil {
@@ -165,7 +166,8 @@ func (c *Consumer) open() (*session, error) {
 	if err != nil {
 		return fail("consume", err)
 	}
-	return &session{c: c, ch: ch, pub: &Publisher{t: c.t, fixed: pc, addr: c.link.addr, port: c.link.port},
+	addr, port := c.link.server()
+	return &session{c: c, ch: ch, pub: &Publisher{t: c.t, fixed: pc, addr: addr, port: port},
 		deliveries: deliveries, tag: tag}, nil
 }
 

@@ -1,8 +1,9 @@
 // Package amqp traces RabbitMQ messaging with github.com/rabbitmq/amqp091-go:
 // a Publisher whose PublishWithContext has amqp091's signature, a Consumer
 // that runs a handler over a queue with retries, dead letters and
-// reconnects, and a low-level Tracer.StartProcess for delivery loops of your
-// own. Switching an existing publisher is one line: ch.PublishWithContext
+// reconnects (on a connection of its own with NewConsumer, or on yours with
+// NewConsumerOn), and a low-level Tracer.StartProcess for delivery loops of
+// your own. Switching an existing publisher is one line: ch.PublishWithContext
 // becomes p.PublishWithContext.
 //
 // # Headers
@@ -44,7 +45,8 @@
 // # Reconnects
 //
 // Consumer.Run and DialPublisher redial with jittered backoff when the
-// connection or channel closes. The Consumer calls its Setup function on
+// connection or channel closes (a NewConsumerOn consumer gets its next
+// connection from the redial func it was given, or stops without one). The Consumer calls its Setup function on
 // every connect to redeclare the topology, then resumes consuming. A
 // DialPublisher returns ErrDisconnected while it is down, or waits up to
 // tracebridge.WithReconnectWait for it to return.

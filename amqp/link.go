@@ -72,6 +72,9 @@ func (l *link) channel() (*amqp091.Channel, error) {
 	return ch, nil
 }
 
+// server names the broker for span attributes.
+func (l *link) server() (string, int) { return l.addr, l.port }
+
 // close closes the connection; channel fails afterwards.
 func (l *link) close() error {
 	l.mu.Lock()

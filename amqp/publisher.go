@@ -40,10 +40,18 @@ type Publisher struct {
 	done   chan struct{}
 }
 
-// NewPublisher wraps ch. It reads WithTracerProvider, WithMeterProvider,
-// WithPropagators and WithConfirms (which calls ch.Confirm). The publisher
-// does not reconnect: once ch is closed, publishes fail with
+// NewPublisher wraps ch, a channel you already have. It reads
+// WithTracerProvider, WithMeterProvider, WithPropagators and WithConfirms.
+// The publisher does not reconnect: once ch is closed, publishes fail with
 // ErrDisconnected. Use DialPublisher for a publisher that reconnects.
+//
+// NewPublisher changes ch in ways AMQP cannot undo, for as long as ch is
+// open: it registers a ch.NotifyReturn listener, served by a goroutine that
+// ends when ch closes, to match returned mandatory messages to the publish
+// they answer; and with WithConfirms it puts ch into confirm mode
+// (ch.Confirm). Listeners of your own still get every return and confirm,
+// because amqp091 hands each to every listener. Publish on ch through the
+// Publisher, or give the Publisher a channel of its own.
 func NewPublisher(ch *amqp091.Channel, opts ...tracebridge.Option) (*Publisher, error) {
 	p := &Publisher{t: msgtrace.New("rabbitmq", opts)}
 	pc, err := newPubChannel(ch, p.t.Confirms, p.t.Carrier().Names().Traceparent)

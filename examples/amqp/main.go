@@ -1,7 +1,9 @@
-// Command amqp shows the tracebridge RabbitMQ wrappers: a confirmed publish
-// under a session, and a Consumer whose handler fails once, is retried
-// through a delay queue, and continues the same trace and session. It needs
-// RabbitMQ at AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/).
+// Command amqp shows the tracebridge RabbitMQ wrappers over a connection the
+// program dials itself: a confirmed publish under a session on the
+// program's own channel, and a consumer on the same connection whose handler
+// fails once, is retried through a delay queue, and continues the same trace
+// and session. It needs RabbitMQ at AMQP_URL (default
+// amqp://guest:guest@127.0.0.1:5672/).
 //
 //	go run ./examples/amqp
 package main
@@ -11,37 +13,62 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"net/url"
+	"sync/atomic"
 	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tracebridge/tracebridge"
 	"github.com/tracebridge/tracebridge/amqp"
 	"github.com/tracebridge/tracebridge/carrier"
-	"github.com/tracebridge/tracebridge/examples/internal/demo"
-	"github.com/tracebridge/tracebridge/internal/testenv"
+	"github.com/tracebridge/tracebridge/examples/demoenv"
 )
 
 func main() {
-	url := testenv.AMQPURL()
-	if err := testenv.Reachable(url, "5672"); err != nil {
-		log.Fatalf("RabbitMQ not reachable (%v): start one with `rabbitmq-server -detached` or `docker compose up -d rabbitmq`", err)
-	}
-	tp := demo.TracerProvider()
-	queue := fmt.Sprintf("example.payments.%d", time.Now().UnixNano())
-	setup := func(ch *amqp091.Channel) error {
-		_, err := ch.QueueDeclare(queue, true, false, false, false, nil)
-		return err
-	}
+	// Demo scaffolding: in your program, this is your broker's URL.
+	amqpURL := demoenv.AMQPURL()
 
+	// The connection and channel the program already has.
+	conn, err := amqp091.Dial(amqpURL)
+	if err != nil {
+		u, _ := url.Parse(amqpURL)
+		log.Fatalf("RabbitMQ not reachable at %s (%v): start one with `rabbitmq-server -detached` or `docker compose up -d rabbitmq`, or set AMQP_URL",
+			u.Redacted(), err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		log.Fatal(err)
+	}
+	// A queue of its own per run, deleted at the end with its delay queue.
+	queue := fmt.Sprintf("example.payments.%d", time.Now().UnixNano())
+	if _, err := ch.QueueDeclare(queue, true, false, false, false, nil); err != nil {
+		log.Fatal(err)
+	}
+	defer func() {
+		_, _ = ch.QueueDelete(queue, false, false, false)
+		_, _ = ch.QueueDelete(queue+amqp.DelayQueueSuffix, false, false, false)
+	}()
+
+	// Sample every span, and stamp session.id on the spans started under a
+	// session. The example prints IDs, so it configures no exporter.
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()),
+		sdktrace.WithSpanProcessor(carrier.NewSessionSpanProcessor()))
+	defer tp.Shutdown(context.Background())
+
+	// The consumer loop over the program's connection. It opens a channel of
+	// its own on conn; with a redial func (nil here) it would also survive
+	// the loss of conn.
 	done := make(chan struct{})
-	attempts := 0
-	consumer := amqp.NewConsumer(url, queue, setup, func(ctx context.Context, d amqp091.Delivery) error {
-		attempts++
-		fmt.Printf("attempt %d of %s under trace %s, session %s\n", attempts, d.Body,
+	var attempts atomic.Int32
+	consumer := amqp.NewConsumerOn(conn, nil, queue, nil, func(ctx context.Context, d amqp091.Delivery) error {
+		n := attempts.Add(1)
+		fmt.Printf("attempt %d of %s under trace %s, session %s\n", n, d.Body,
 			trace.SpanContextFromContext(ctx).TraceID(), carrier.SessionFromContext(ctx))
-		if attempts == 1 {
+		if n == 1 {
 			return errors.New("card processor timeout") // retried through the delay queue
 		}
 		close(done)
@@ -51,21 +78,15 @@ func main() {
 	stopped := make(chan error, 1)
 	go func() { stopped <- consumer.Run(runCtx) }()
 
-	// The one-line change: amqp.DialPublisher (or NewPublisher around your channel).
-	pub, err := amqp.DialPublisher(url, tracebridge.WithConfirms(), tracebridge.WithTracerProvider(tp))
+	// The one-line change on the publishing side: ch.PublishWithContext
+	// becomes pub.PublishWithContext, with the same arguments.
+	pub, err := amqp.NewPublisher(ch, tracebridge.WithConfirms(), tracebridge.WithTracerProvider(tp))
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer pub.Close()
 	ctx, span := tp.Tracer("example").Start(carrier.ContextWithSession(context.Background(), carrier.NewSessionID()), "checkout")
 	msg := amqp091.Publishing{MessageId: "order-1", DeliveryMode: amqp091.Persistent, Body: []byte("order-1")}
-	for range 50 { // the consumer declares the queue; a mandatory publish before that is returned
-		if err = pub.PublishWithContext(ctx, "", queue, true, false, msg); err == nil {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if err != nil {
+	if err := pub.PublishWithContext(ctx, "", queue, true, false, msg); err != nil {
 		log.Fatal(err)
 	}
 	span.End()
@@ -77,14 +98,7 @@ func main() {
 		log.Fatal("no delivery within 30s")
 	}
 	stop()
-	if err := <-stopped; err != nil && !errors.Is(err, context.Canceled) {
+	if err := <-stopped; err != nil {
 		log.Print(err)
-	}
-	if conn, err := amqp091.Dial(url); err == nil {
-		if ch, err := conn.Channel(); err == nil {
-			_, _ = ch.QueueDelete(queue, false, false, false)
-			_, _ = ch.QueueDelete(queue+amqp.DelayQueueSuffix, false, false, false)
-		}
-		conn.Close()
 	}
 }

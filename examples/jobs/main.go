@@ -12,16 +12,20 @@ import (
 	"log"
 	"time"
 
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tracebridge/tracebridge"
 	"github.com/tracebridge/tracebridge/carrier"
-	"github.com/tracebridge/tracebridge/examples/internal/demo"
 	"github.com/tracebridge/tracebridge/jobs"
 )
 
 func main() {
-	tp := demo.TracerProvider()
+	// Sample every span, and stamp session.id on the spans started under a
+	// session. The example prints IDs, so it configures no exporter.
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()),
+		sdktrace.WithSpanProcessor(carrier.NewSessionSpanProcessor()))
+	defer tp.Shutdown(context.Background())
 	runner := jobs.New(jobs.Config{}, tracebridge.WithTracerProvider(tp),
 		tracebridge.WithRetry(3, 100*time.Millisecond, time.Second))
 	done := make(chan struct{})

@@ -10,8 +10,18 @@
 // embedded NATS server, unless KAFKA_BROKERS or NATS_URL name real ones. It
 // uses RabbitMQ at AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/)
 // when one is reachable, and otherwise says how to start one and goes from
-// Kafka straight to NATS. With OTEL_EXPORTER_OTLP_ENDPOINT set it also
-// exports the spans over OTLP, so Jaeger shows the same journey.
+// Kafka straight to NATS. With OTEL_EXPORTER_OTLP_ENDPOINT (or
+// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) set it also exports the spans over
+// OTLP/HTTP, so Jaeger shows the same journey, and its verdict counts the
+// spans the endpoint accepted: a failed export fails the run.
+//
+// Topics, queues and subjects have the same names on every run, and stay on
+// the brokers between runs (the JetStream stream keeps messages for a day).
+// Runs are kept apart by their session: each service handles only the
+// messages of this run's session, so a message an interrupted earlier run
+// left on a broker is settled and skipped, never joined to this run's
+// journey, and the JetStream consumer is ephemeral and starts at the first
+// new message.
 package main
 
 import (
@@ -25,7 +35,7 @@ import (
 func main() {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if err := run(ctx); err != nil {
+	if err := run(ctx, os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "journey:", err)
 		if errors.Is(err, context.DeadlineExceeded) {
 			fmt.Fprintln(os.Stderr, "the journey did not finish within 60s")

@@ -5,10 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"net/http"
-	"os"
+	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -22,11 +25,27 @@ import (
 	"github.com/tracebridge/tracebridge"
 	"github.com/tracebridge/tracebridge/amqp"
 	"github.com/tracebridge/tracebridge/carrier"
-	"github.com/tracebridge/tracebridge/internal/testenv"
+	"github.com/tracebridge/tracebridge/examples/demoenv"
 	"github.com/tracebridge/tracebridge/jobs"
 	"github.com/tracebridge/tracebridge/kafka"
 	tnats "github.com/tracebridge/tracebridge/nats"
 )
+
+// The journey's destinations: the same names on every run, so Jaeger lists
+// each operation once however often the demo runs.
+const (
+	ordersTopic    = "checkout.orders"   // Kafka: web → orders
+	ordersGroup    = "orders"            // the orders service's consumer group
+	paymentsQueue  = "checkout.payments" // RabbitMQ: orders → payments
+	shippingStream = "CHECKOUT_SHIPPING" // JetStream stream of shippingSubject
+	shippingSubj   = "checkout.shipping" // NATS JetStream: payments → shipping
+	labelJob       = "print-label"       // background job kind in shipping
+)
+
+// flushTimeout bounds the export of the spans at the end of a run. The OTLP
+// exporter retries an endpoint that answers "unavailable" for up to a
+// minute; the demo gives up sooner and says so.
+const flushTimeout = 20 * time.Second
 
 // order is what travels through the journey.
 type order struct {
@@ -35,66 +54,75 @@ type order struct {
 }
 
 // demo holds the wiring of one run: the brokers, the services' producers
-// and the channels the last hop reports on.
+// and the signal that the last hop ran.
 type demo struct {
 	tel     *telemetry
-	run     string // suffix that keeps this run's topics and queues apart
+	session string // this run's session: what keeps runs apart
 	kafkaW  *kafka.Writer
 	pub     *amqp.Publisher // nil without RabbitMQ
 	js      *tnats.JetStream
-	subject string
 	jobs    *jobs.Runner
 	done    chan struct{}
+	once    sync.Once
 	payFail atomic.Int32
 }
 
-func run(ctx context.Context) error {
+// run runs one journey and prints it to out. It fails when the journey is
+// not whole or, with an OTLP endpoint, when the endpoint did not accept
+// every span that was printed.
+func run(ctx context.Context, out io.Writer) (err error) {
 	tel, err := newTelemetry(ctx)
 	if err != nil {
 		return err
 	}
-	defer tel.shutdown(context.Background())
-	d := &demo{tel: tel, run: fmt.Sprint(time.Now().UnixNano() % 1e9), done: make(chan struct{})}
+	defer func() {
+		fctx, cancel := context.WithTimeout(context.Background(), flushTimeout)
+		defer cancel()
+		if ferr := tel.flush(fctx); err == nil && ferr != nil {
+			err = ferr
+		}
+	}()
+	d := &demo{tel: tel, session: carrier.NewSessionID(), done: make(chan struct{})}
 
-	fmt.Println("tracebridge journey demo: HTTP → Kafka → RabbitMQ → NATS JetStream → background job")
-	fmt.Println()
+	fmt.Fprintln(out, "tracebridge journey demo: HTTP → Kafka → RabbitMQ → NATS JetStream → background job")
+	fmt.Fprintln(out)
 
-	// Kafka: KAFKA_BROKERS, or an in-process broker speaking the real protocol.
-	brokers, stopKafka, err := testenv.KafkaFromEnv()
+	// Demo scaffolding: KAFKA_BROKERS and NATS_URL, or embedded brokers.
+	brokers, embedded, stopKafka, err := demoenv.Kafka()
 	if err != nil {
 		return err
 	}
 	defer stopKafka()
-	fmt.Printf("  Kafka     %s%s\n", strings.Join(brokers, ","), ifEnv("KAFKA_BROKERS", "", " (embedded kfake)"))
-
-	// NATS: NATS_URL, or an embedded JetStream server.
-	natsURL := os.Getenv("NATS_URL")
-	if natsURL == "" {
-		u, stop, err := testenv.StartNATS("")
-		if err != nil {
-			return err
-		}
-		defer stop()
-		natsURL = u
+	fmt.Fprintf(out, "  Kafka     %s%s\n", strings.Join(brokers, ","), note(embedded, " (embedded kfake)"))
+	natsURL, embedded, stopNATS, err := demoenv.NATS()
+	if err != nil {
+		return err
 	}
-	fmt.Printf("  NATS      %s%s\n", natsURL, ifEnv("NATS_URL", "", " (embedded)"))
+	defer stopNATS()
+	fmt.Fprintf(out, "  NATS      %s%s\n", natsURL, note(embedded, " (embedded)"))
 
-	// RabbitMQ: only if one is reachable.
-	amqpURL := testenv.AMQPURL()
-	haveRabbit := testenv.Reachable(amqpURL, "5672") == nil
+	// RabbitMQ: only if one is reachable. The payments queue is declared
+	// before the first publish, so the mandatory publish is routed.
+	amqpURL := demoenv.AMQPURL()
+	rabbitErr := declarePayments(amqpURL)
+	haveRabbit := rabbitErr == nil
 	if haveRabbit {
-		fmt.Printf("  RabbitMQ  %s\n", redacted(amqpURL))
+		fmt.Fprintf(out, "  RabbitMQ  %s\n", redacted(amqpURL))
 	} else {
-		fmt.Printf("  RabbitMQ  not reachable at %s: skipping the RabbitMQ hop.\n", redacted(amqpURL))
-		fmt.Println("            Start one with `rabbitmq-server -detached`, `docker compose up -d rabbitmq`,")
-		fmt.Println("            or point AMQP_URL at yours, to see the full journey.")
+		fmt.Fprintf(out, "  RabbitMQ  not usable at %s (%v): skipping the RabbitMQ hop.\n", redacted(amqpURL), rabbitErr)
+		fmt.Fprintln(out, "            Start one with `rabbitmq-server -detached`, `docker compose up -d rabbitmq`,")
+		fmt.Fprintln(out, "            or point AMQP_URL at yours, to see the full journey.")
 	}
-	fmt.Println()
+	if tel.endpoint != "" {
+		fmt.Fprintf(out, "  OTLP      %s\n", tel.endpoint)
+	}
+	fmt.Fprintln(out)
 
 	stopAll, err := d.start(ctx, brokers, natsURL, amqpURL, haveRabbit)
 	if err != nil {
 		return err
 	}
+	defer stopAll() // after an early return; a second call does nothing
 
 	// The checkout request, from a client outside the system.
 	edge, err := d.serveHTTP()
@@ -102,9 +130,8 @@ func run(ctx context.Context) error {
 		return err
 	}
 	defer edge.Close()
-	session := carrier.NewSessionID()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+edge.Addr+"/checkout", strings.NewReader(`{"total":42.5}`))
-	req.Header.Set(carrier.DefaultSessionHeader, session)
+	req.Header.Set(carrier.DefaultSessionHeader, d.session)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return fmt.Errorf("checkout request: %w", err)
@@ -128,29 +155,58 @@ func run(ctx context.Context) error {
 		return fmt.Errorf("trace ID from the edge: %w", err)
 	}
 	spans := tel.trace(traceID)
-	fmt.Printf("session %s   trace %s   %d spans\n\n", session, traceID, len(spans))
-	printWaterfall(os.Stdout, spans)
+	fmt.Fprintf(out, "session %s   trace %s   %d spans\n\n", d.session, traceID, len(spans))
+	printWaterfall(out, spans)
 
 	others, retryLink := 0, false
 	for _, s := range tel.spans.Ended() {
-		if attrMap(s.Attributes())["session.id"] == session && s.SpanContext().TraceID() != traceID {
+		if attrMap(s.Attributes())["session.id"] == d.session && s.SpanContext().TraceID() != traceID {
 			others++
 		}
 		for _, l := range s.Links() {
-			retryLink = retryLink || attrMap(l.Attributes)["tracebridge.link.type"] == "previous_attempt"
+			retryLink = retryLink || s.SpanContext().TraceID() == traceID &&
+				attrMap(l.Attributes)["tracebridge.link.type"] == "previous_attempt"
 		}
 	}
-	fmt.Printf("\nLog lines of session %s (found by session ID, as grep would):\n", session)
-	lines := tel.printSessionLogs(os.Stdout, session)
-	fmt.Printf("\n%d spans on one trace, %d spans of this session on other traces, retry linked to its previous attempt: %v, %d log lines\n",
+	fmt.Fprintf(out, "\nLog lines of session %s (found by session ID, as grep would):\n", d.session)
+	lines := tel.printSessionLogs(out, d.session)
+	fmt.Fprintf(out, "\n%d spans on one trace, %d spans of this session on other traces, retry linked to its previous attempt: %v, %d log lines\n",
 		len(spans), others, retryLink, lines)
 	if others != 0 || !retryLink {
 		return errors.New("the journey is not whole")
 	}
-	if tel.otlp != nil {
-		fmt.Println("Exported over OTLP: search Jaeger (http://localhost:16686) for tag session.id=" + session)
+
+	// The verdict on the export counts what the endpoint accepted, so every
+	// span must have reached the exporter first.
+	fctx, cancel := context.WithTimeout(context.Background(), flushTimeout)
+	defer cancel()
+	if err := tel.flush(fctx); err != nil {
+		return err
 	}
+	if tel.endpoint == "" {
+		fmt.Fprintln(out, "Not exported: set OTEL_EXPORTER_OTLP_ENDPOINT (e.g. http://localhost:4318) to see the journey in Jaeger.")
+		return nil
+	}
+	got, exportErr := tel.exported(spans)
+	if got != len(spans) {
+		return fmt.Errorf("OTLP export FAILED: %s accepted %d of the %d spans printed above: %w", tel.endpoint, got, len(spans), exportErr)
+	}
+	fmt.Fprintf(out, "Exported over OTLP: %s accepted all %d spans. In Jaeger (http://localhost:16686) search for tag session.id=%s\n",
+		tel.endpoint, got, d.session)
 	return nil
+}
+
+// mine reports whether ctx belongs to this run's journey. A real service
+// handles every message; the demo's services handle only this run's
+// session, so a message an interrupted earlier run left in a topic or
+// queue (the names are the same on every run) is settled and skipped
+// instead of joining this run's journey.
+func (d *demo) mine(ctx context.Context, log *slog.Logger) bool {
+	if carrier.SessionFromContext(ctx) == d.session {
+		return true
+	}
+	log.InfoContext(ctx, "skipping a message of another run")
+	return false
 }
 
 // serveHTTP starts the web service: the HTTP edge that starts the journey.
@@ -165,7 +221,7 @@ func (d *demo) serveHTTP() (*http.Server, error) {
 		m, _ := baggage.NewMemberRaw("tenant", "acme")
 		b, _ := baggage.FromContext(ctx).SetMember(m)
 		ctx = baggage.ContextWithBaggage(ctx, b)
-		o := order{ID: "order-" + d.run, Total: 42.5}
+		o := order{ID: "order-" + d.session[len(d.session)-8:], Total: 42.5}
 		body, _ := json.Marshal(o)
 		log.InfoContext(ctx, "checkout accepted", "order", o.ID)
 		if err := d.kafkaW.WriteMessages(ctx, kafkago.Message{Key: []byte(o.ID), Value: body}); err != nil {
@@ -187,22 +243,24 @@ func (d *demo) serveHTTP() (*http.Server, error) {
 }
 
 // start wires the services: orders (Kafka consumer), payments (RabbitMQ
-// consumer that fails once), shipping (JetStream consumer) and the labels
-// job worker. It returns a func that stops them all.
+// consumer that fails once), shipping (JetStream consumer) and the label
+// job. It returns a func that stops them all, once.
 func (d *demo) start(ctx context.Context, brokers []string, natsURL, amqpURL string, haveRabbit bool) (stop func(), err error) {
 	var stops []func()
+	var stopOnce sync.Once
 	stop = func() {
-		for i := len(stops) - 1; i >= 0; i-- {
-			stops[i]()
-		}
+		stopOnce.Do(func() {
+			for i := len(stops) - 1; i >= 0; i-- {
+				stops[i]()
+			}
+		})
 	}
 	defer func() {
 		if err != nil {
 			stop()
 		}
 	}()
-	topic := "checkout.orders." + d.run
-	d.kafkaW = kafka.NewWriter(&kafkago.Writer{Addr: kafkago.TCP(brokers...), Topic: topic,
+	d.kafkaW = kafka.NewWriter(&kafkago.Writer{Addr: kafkago.TCP(brokers...), Topic: ordersTopic,
 		AllowAutoTopicCreation: true, BatchTimeout: time.Millisecond, RequiredAcks: kafkago.RequireAll},
 		tracebridge.WithTracerProvider(d.tel.service("web")))
 	stops = append(stops, func() { _ = d.kafkaW.Close() })
@@ -211,107 +269,40 @@ func (d *demo) start(ctx context.Context, brokers []string, natsURL, amqpURL str
 	// shipping service's process.
 	shipTP := d.tel.service("shipping")
 	d.jobs = jobs.New(jobs.Config{}, tracebridge.WithTracerProvider(shipTP))
-	labelLog := d.tel.log.With("service", "shipping", "job", "print-label")
-	if err := d.jobs.Register("print-label", func(ctx context.Context, j *jobs.Job) error {
+	labelLog := d.tel.log.With("service", "shipping", "job", labelJob)
+	if err := d.jobs.Register(labelJob, func(ctx context.Context, j *jobs.Job) error {
 		labelLog.InfoContext(ctx, "label printed", "order", string(j.Payload))
-		close(d.done)
+		d.once.Do(func() { close(d.done) })
 		return nil
 	}); err != nil {
 		return stop, err
 	}
 	stops = append(stops, func() { _, _ = d.jobs.Shutdown(context.Background()) })
 
-	// Shipping: JetStream consumer that enqueues the label job.
-	nc, err := natsgo.Connect(natsURL)
-	if err != nil {
-		return stop, fmt.Errorf("connect to NATS at %s: %w", natsURL, err)
+	if err := d.startShipping(ctx, natsURL, haveRabbit, &stops); err != nil {
+		return stop, err
 	}
-	stops = append(stops, nc.Close)
-	raw, err := jetstream.New(nc)
-	if err != nil {
-		return stop, fmt.Errorf("JetStream: %w", err)
-	}
-	d.subject = "shipping." + d.run + ".requested"
-	streamName := "SHIPPING_" + d.run
-	st, err := raw.CreateStream(ctx, jetstream.StreamConfig{Name: streamName, Subjects: []string{"shipping." + d.run + ".>"}})
-	if err != nil {
-		return stop, fmt.Errorf("create stream %s: %w", streamName, err)
-	}
-	stops = append(stops, func() { _ = raw.DeleteStream(context.Background(), streamName) })
-	cons, err := st.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{Durable: "shipping", AckPolicy: jetstream.AckExplicitPolicy})
-	if err != nil {
-		return stop, fmt.Errorf("create consumer on %s: %w", streamName, err)
-	}
-	// Payments publishes the shipment request; without RabbitMQ, orders does.
-	publisher := "payments"
-	if !haveRabbit {
-		publisher = "orders"
-	}
-	d.js = tnats.WrapJetStream(raw, tracebridge.WithTracerProvider(d.tel.service(publisher)))
-	shipLog := d.tel.log.With("service", "shipping")
-	cc, err := tnats.NewConsumer(raw, cons, tracebridge.WithTracerProvider(shipTP),
-		tracebridge.WithRetry(3, 150*time.Millisecond, time.Second)).Consume(
-		func(ctx context.Context, m jetstream.Msg) error {
-			// Without RabbitMQ there is no payments hop to fail once, so
-			// shipping does, and the retry link still shows.
-			if !haveRabbit && d.payFail.Add(1) == 1 {
-				shipLog.WarnContext(ctx, "label printer offline; will retry", "order", string(m.Data()))
-				return errors.New("label printer: offline")
-			}
-			shipLog.InfoContext(ctx, "shipment requested", "order", string(m.Data()))
-			_, err := d.jobs.Enqueue(ctx, "print-label", m.Data())
-			return err
-		})
-	if err != nil {
-		return stop, fmt.Errorf("consume %s: %w", streamName, err)
-	}
-	stops = append(stops, cc.Stop)
-
-	// Payments: RabbitMQ consumer whose card processor times out once.
 	next := d.shipping
 	if haveRabbit {
-		payments := "checkout.payments." + d.run
-		payTP := d.tel.service("payments")
-		payLog := d.tel.log.With("service", "payments")
-		setup := func(ch *amqp091.Channel) error {
-			_, err := ch.QueueDeclare(payments, true, false, false, false, nil)
-			return err
-		}
-		pc := amqp.NewConsumer(amqpURL, payments, setup, func(ctx context.Context, m amqp091.Delivery) error {
-			if d.payFail.Add(1) == 1 {
-				payLog.WarnContext(ctx, "card processor timed out; will retry", "order", string(m.Body))
-				return errors.New("card processor: timeout")
-			}
-			payLog.InfoContext(ctx, "payment captured", "order", string(m.Body))
-			return d.shipping(ctx, m.Body)
-		}, tracebridge.WithTracerProvider(payTP), tracebridge.WithRetry(3, 150*time.Millisecond, time.Second))
-		runCtx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { defer close(done); _ = pc.Run(runCtx) }()
-		stops = append(stops, func() {
-			cancel()
-			<-done
-			deleteQueues(amqpURL, payments, payments+amqp.DelayQueueSuffix)
-		})
-		if err := setupOnce(amqpURL, setup); err != nil {
+		if err := d.startPayments(amqpURL, &stops); err != nil {
 			return stop, err
 		}
-		d.pub, err = amqp.DialPublisher(amqpURL, tracebridge.WithConfirms(), tracebridge.WithTracerProvider(d.tel.service("orders")))
-		if err != nil {
-			return stop, fmt.Errorf("RabbitMQ publisher: %w", err)
-		}
-		stops = append(stops, func() { _ = d.pub.Close() })
 		next = func(ctx context.Context, body []byte) error {
-			return d.pub.PublishWithContext(ctx, "", payments, true, false, amqp091.Publishing{
+			return d.pub.PublishWithContext(ctx, "", paymentsQueue, true, false, amqp091.Publishing{
 				MessageId: string(body), DeliveryMode: amqp091.Persistent, Body: body})
 		}
 	}
 
-	// Orders: Kafka consumer that asks payments to charge.
+	// Orders: Kafka consumer that asks payments to charge. FirstOffset only
+	// applies to a group without committed offsets (the first run against a
+	// KAFKA_BROKERS cluster); later runs resume after the last commit.
 	ordersLog := d.tel.log.With("service", "orders")
-	r := kafkago.NewReader(kafkago.ReaderConfig{Brokers: brokers, GroupID: "orders", Topic: topic,
+	r := kafkago.NewReader(kafkago.ReaderConfig{Brokers: brokers, GroupID: ordersGroup, Topic: ordersTopic,
 		StartOffset: kafkago.FirstOffset, MaxWait: 50 * time.Millisecond})
 	oc := kafka.NewConsumer(r, func(ctx context.Context, m kafkago.Message) error {
+		if !d.mine(ctx, ordersLog) {
+			return nil // committed: drained, not redelivered to the next run
+		}
 		var o order
 		if err := json.Unmarshal(m.Value, &o); err != nil {
 			return tracebridge.Permanent(fmt.Errorf("decode order: %w", err))
@@ -326,52 +317,124 @@ func (d *demo) start(ctx context.Context, brokers []string, natsURL, amqpURL str
 	return stop, nil
 }
 
+// startShipping starts the shipping service: a JetStream consumer that
+// enqueues the label job. Without RabbitMQ it also fails once, so the retry
+// link still shows.
+func (d *demo) startShipping(ctx context.Context, natsURL string, haveRabbit bool, stops *[]func()) error {
+	nc, err := natsgo.Connect(natsURL)
+	if err != nil {
+		return fmt.Errorf("connect to NATS at %s: %w", natsURL, err)
+	}
+	*stops = append(*stops, nc.Close)
+	// Payments publishes the shipment request; without RabbitMQ, orders does.
+	publisher := "payments"
+	if !haveRabbit {
+		publisher = "orders"
+	}
+	d.js, err = tnats.NewJetStream(nc, nil, tracebridge.WithTracerProvider(d.tel.service(publisher)))
+	if err != nil {
+		return fmt.Errorf("JetStream: %w", err)
+	}
+	st, err := d.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: shippingStream,
+		Subjects: []string{shippingSubj}, MaxAge: 24 * time.Hour})
+	if err != nil {
+		return fmt.Errorf("create stream %s: %w", shippingStream, err)
+	}
+	// An ephemeral consumer that starts at the first message published after
+	// it: what earlier runs left in the stream is never delivered to it.
+	cons, err := st.CreateConsumer(ctx, jetstream.ConsumerConfig{AckPolicy: jetstream.AckExplicitPolicy,
+		DeliverPolicy: jetstream.DeliverNewPolicy, InactiveThreshold: time.Minute})
+	if err != nil {
+		return fmt.Errorf("create consumer on %s: %w", shippingStream, err)
+	}
+	*stops = append(*stops, func() { _ = st.DeleteConsumer(context.Background(), cons.CachedInfo().Name) })
+	shipLog := d.tel.log.With("service", "shipping")
+	cc, err := tnats.NewConsumer(d.js.JetStream, cons, tracebridge.WithTracerProvider(d.tel.service("shipping")),
+		tracebridge.WithRetry(3, 150*time.Millisecond, time.Second)).Consume(
+		func(ctx context.Context, m jetstream.Msg) error {
+			if !d.mine(ctx, shipLog) {
+				return nil
+			}
+			if !haveRabbit && d.payFail.Add(1) == 1 {
+				shipLog.WarnContext(ctx, "label printer offline; will retry", "order", string(m.Data()))
+				return errors.New("label printer: offline")
+			}
+			shipLog.InfoContext(ctx, "shipment requested", "order", string(m.Data()))
+			_, err := d.jobs.Enqueue(ctx, labelJob, m.Data())
+			return err
+		})
+	if err != nil {
+		return fmt.Errorf("consume %s: %w", shippingStream, err)
+	}
+	*stops = append(*stops, cc.Stop)
+	return nil
+}
+
+// startPayments starts the payments service, a RabbitMQ consumer whose card
+// processor times out once, and the publisher orders sends payments with.
+// Both own their connections and reconnect after a broker restart.
+func (d *demo) startPayments(amqpURL string, stops *[]func()) error {
+	declare := func(ch *amqp091.Channel) error {
+		_, err := ch.QueueDeclare(paymentsQueue, true, false, false, false, nil)
+		return err
+	}
+	payLog := d.tel.log.With("service", "payments")
+	pc := amqp.NewConsumer(amqpURL, paymentsQueue, declare, func(ctx context.Context, m amqp091.Delivery) error {
+		if !d.mine(ctx, payLog) {
+			return nil // acked: drained
+		}
+		if d.payFail.Add(1) == 1 {
+			payLog.WarnContext(ctx, "card processor timed out; will retry", "order", string(m.Body))
+			return errors.New("card processor: timeout")
+		}
+		payLog.InfoContext(ctx, "payment captured", "order", string(m.Body))
+		return d.shipping(ctx, m.Body)
+	}, tracebridge.WithTracerProvider(d.tel.service("payments")), tracebridge.WithRetry(3, 150*time.Millisecond, time.Second))
+	runCtx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = pc.Run(runCtx) }()
+	*stops = append(*stops, func() { cancel(); <-done })
+	var err error
+	d.pub, err = amqp.DialPublisher(amqpURL, tracebridge.WithConfirms(), tracebridge.WithTracerProvider(d.tel.service("orders")))
+	if err != nil {
+		return fmt.Errorf("RabbitMQ publisher: %w", err)
+	}
+	*stops = append(*stops, func() { _ = d.pub.Close() })
+	return nil
+}
+
 // shipping publishes the shipment request to JetStream.
 func (d *demo) shipping(ctx context.Context, orderID []byte) error {
-	_, err := d.js.Publish(ctx, d.subject, orderID)
+	_, err := d.js.Publish(ctx, shippingSubj, orderID)
 	return err
 }
 
-func setupOnce(url string, setup amqp.Setup) error {
-	conn, err := amqp091.Dial(url)
+// declarePayments declares the payments queue, and so finds out whether
+// RabbitMQ is reachable.
+func declarePayments(amqpURL string) error {
+	conn, err := amqp091.Dial(amqpURL)
 	if err != nil {
-		return fmt.Errorf("dial RabbitMQ at %s: %w", redacted(url), err)
+		return err
 	}
 	defer conn.Close()
 	ch, err := conn.Channel()
 	if err != nil {
-		return fmt.Errorf("open channel: %w", err)
+		return err
 	}
-	return setup(ch)
+	_, err = ch.QueueDeclare(paymentsQueue, true, false, false, false, nil)
+	return err
 }
 
-func deleteQueues(url string, names ...string) {
-	conn, err := amqp091.Dial(url)
-	if err != nil {
-		return
+func note(cond bool, s string) string {
+	if cond {
+		return s
 	}
-	defer conn.Close()
-	if ch, err := conn.Channel(); err == nil {
-		for _, n := range names {
-			_, _ = ch.QueueDelete(n, false, false, false)
-		}
-	}
-}
-
-func ifEnv(name, set, unset string) string {
-	if os.Getenv(name) != "" {
-		return set
-	}
-	return unset
+	return ""
 }
 
 func redacted(raw string) string {
-	if i := strings.Index(raw, "@"); i > 0 {
-		if j := strings.Index(raw, "://"); j > 0 && j < i {
-			if k := strings.Index(raw[j+3:i], ":"); k >= 0 {
-				return raw[:j+3+k+1] + "***" + raw[i:]
-			}
-		}
+	if u, err := url.Parse(raw); err == nil {
+		return u.Redacted()
 	}
-	return raw
+	return "(unparsable URL)"
 }

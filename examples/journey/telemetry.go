@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -24,24 +25,42 @@ import (
 
 // telemetry is the demo's OpenTelemetry setup: every span is recorded in
 // memory for the terminal waterfall, stamped with the session by
-// carrier.SessionSpanProcessor, and exported over OTLP too when the standard
-// OTEL_EXPORTER_OTLP_ENDPOINT is set (Jaeger from docker-compose).
+// carrier.SessionSpanProcessor, and exported over OTLP/HTTP too when the
+// standard OTEL_EXPORTER_OTLP_ENDPOINT (or ..._TRACES_ENDPOINT) is set, to
+// Jaeger from docker-compose for instance.
+//
+// Each simulated service has a tracer provider of its own, so its spans
+// carry its service.name. The providers share one OTLP exporter, which none
+// of them may shut down: a provider's Shutdown shuts its exporter down, and
+// the first one to stop would cut off the others' spans. So the providers
+// get a sharedExporter whose Shutdown does nothing, and flush shuts the real
+// exporter down once every provider has handed over its spans.
 type telemetry struct {
-	spans *tracetest.SpanRecorder
-	tps   []*sdktrace.TracerProvider
-	otlp  sdktrace.SpanExporter
-	logs  *syncBuffer
-	log   *slog.Logger
+	spans    *tracetest.SpanRecorder
+	endpoint string          // "" without OTLP
+	exp      *sharedExporter // nil without OTLP
+	logs     *syncBuffer
+	log      *slog.Logger
+
+	mu  sync.Mutex
+	tps map[string]*sdktrace.TracerProvider
+
+	flushOnce sync.Once
+	flushErr  error
 }
 
 func newTelemetry(ctx context.Context) (*telemetry, error) {
-	t := &telemetry{spans: tracetest.NewSpanRecorder(), logs: &syncBuffer{}}
-	if os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || os.Getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") != "" {
+	t := &telemetry{spans: tracetest.NewSpanRecorder(), logs: &syncBuffer{}, tps: map[string]*sdktrace.TracerProvider{}}
+	t.endpoint = os.Getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+	if t.endpoint == "" {
+		t.endpoint = os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT")
+	}
+	if t.endpoint != "" {
 		exp, err := otlptracehttp.New(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("OTLP exporter: %w", err)
+			return nil, fmt.Errorf("OTLP exporter for %s: %w", t.endpoint, err)
 		}
-		t.otlp = exp
+		t.exp = &sharedExporter{next: exp, accepted: map[trace.SpanID]bool{}}
 	}
 	// Every line goes to the buffer as JSON, so the demo can find the
 	// session's lines afterwards the way `grep <session>` would.
@@ -49,28 +68,97 @@ func newTelemetry(ctx context.Context) (*telemetry, error) {
 	return t, nil
 }
 
-// service returns a tracer provider for one simulated service, so spans
+// service returns the tracer provider of one simulated service, so spans
 // show which service made them (service.name on the resource).
 func (t *telemetry) service(name string) trace.TracerProvider {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if tp, ok := t.tps[name]; ok {
+		return tp
+	}
 	opts := []sdktrace.TracerProviderOption{
 		sdktrace.WithResource(resource.NewSchemaless(semconv.ServiceName(name))),
 		sdktrace.WithSampler(sdktrace.AlwaysSample()),
 		sdktrace.WithSpanProcessor(carrier.NewSessionSpanProcessor()),
 		sdktrace.WithSpanProcessor(t.spans),
 	}
-	if t.otlp != nil {
-		opts = append(opts, sdktrace.WithBatcher(t.otlp))
+	if t.exp != nil {
+		opts = append(opts, sdktrace.WithBatcher(t.exp))
 	}
 	tp := sdktrace.NewTracerProvider(opts...)
-	t.tps = append(t.tps, tp)
+	t.tps[name] = tp
 	return tp
 }
 
-func (t *telemetry) shutdown(ctx context.Context) {
-	for _, tp := range t.tps {
-		_ = tp.Shutdown(ctx)
-	}
+// flush shuts every tracer provider down, which exports what their batchers
+// hold, and then the OTLP exporter. Only the first call does the work; every
+// call returns its result.
+func (t *telemetry) flush(ctx context.Context) error {
+	t.flushOnce.Do(func() {
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		var errs []error
+		for name, tp := range t.tps {
+			if err := tp.Shutdown(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("flush the spans of %s: %w", name, err))
+			}
+		}
+		if t.exp != nil {
+			if err := t.exp.next.Shutdown(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("shut the OTLP exporter down: %w", err))
+			}
+		}
+		t.flushErr = errors.Join(errs...)
+	})
+	return t.flushErr
 }
+
+// exported returns how many of spans the OTLP endpoint accepted, and the
+// export errors seen, if any.
+func (t *telemetry) exported(spans []sdktrace.ReadOnlySpan) (int, error) {
+	t.exp.mu.Lock()
+	defer t.exp.mu.Unlock()
+	n := 0
+	for _, s := range spans {
+		if t.exp.accepted[s.SpanContext().SpanID()] {
+			n++
+		}
+	}
+	return n, errors.Join(t.exp.errs...)
+}
+
+// sharedExporter is the OTLP exporter as every tracer provider sees it: it
+// records which spans the endpoint accepted and which exports failed, and
+// its Shutdown leaves the exporter running for the other providers.
+type sharedExporter struct {
+	next sdktrace.SpanExporter
+
+	mu       sync.Mutex
+	accepted map[trace.SpanID]bool
+	errs     []error
+}
+
+func (e *sharedExporter) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnlySpan) error {
+	err := e.next.ExportSpans(ctx, spans)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err != nil {
+		// A partial success is an error too: the endpoint rejected some of
+		// the batch and does not say which, so none of it counts.
+		if len(e.errs) < 5 {
+			e.errs = append(e.errs, err)
+		}
+		return err
+	}
+	for _, s := range spans {
+		e.accepted[s.SpanContext().SpanID()] = true
+	}
+	return nil
+}
+
+// Shutdown does nothing: telemetry.flush shuts the exporter down after the
+// last provider.
+func (e *sharedExporter) Shutdown(context.Context) error { return nil }
 
 // trace returns the ended spans of one trace.
 func (t *telemetry) trace(id trace.TraceID) []sdktrace.ReadOnlySpan {

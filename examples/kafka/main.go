@@ -1,6 +1,7 @@
 // Command kafka shows the tracebridge Kafka wrappers in a few lines: a traced
 // Writer produces under a session, and a Consumer's handler continues the
-// same trace and session. It uses KAFKA_BROKERS or an embedded broker.
+// same trace and session. It uses the brokers in KAFKA_BROKERS, or starts an
+// in-process Kafka-protocol broker (kfake) when that is not set.
 //
 //	go run ./examples/kafka
 package main
@@ -12,22 +13,29 @@ import (
 	"time"
 
 	kafkago "github.com/segmentio/kafka-go"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tracebridge/tracebridge"
 	"github.com/tracebridge/tracebridge/carrier"
-	"github.com/tracebridge/tracebridge/examples/internal/demo"
-	"github.com/tracebridge/tracebridge/internal/testenv"
+	"github.com/tracebridge/tracebridge/examples/demoenv"
 	"github.com/tracebridge/tracebridge/kafka"
 )
 
 func main() {
-	brokers, stop, err := testenv.KafkaFromEnv()
+	// Demo scaffolding: in your program, these are your brokers' addresses.
+	brokers, _, stop, err := demoenv.Kafka()
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer stop()
-	tp := demo.TracerProvider()
+	// Sample every span, and stamp session.id on the spans started under a
+	// session. The example prints IDs, so it configures no exporter.
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()),
+		sdktrace.WithSpanProcessor(carrier.NewSessionSpanProcessor()))
+	defer tp.Shutdown(context.Background())
+	// A topic of its own per run, so a run never reads an earlier run's
+	// message from a broker named in KAFKA_BROKERS.
 	topic := fmt.Sprintf("example.orders.%d", time.Now().UnixNano())
 
 	// The one-line change: kafka.NewWriter around your *kafkago.Writer.

@@ -1,7 +1,8 @@
 // Command nats shows the tracebridge NATS wrappers: a JetStream publish under
 // a session, and a consumer whose handler fails once, is redelivered with
 // backoff, and continues the same trace and session on attempt 2. It uses
-// NATS_URL or an embedded JetStream server.
+// the server at NATS_URL, or starts an embedded one with JetStream when that
+// is not set.
 //
 //	go run ./examples/nats
 package main
@@ -11,30 +12,26 @@ import (
 	"errors"
 	"fmt"
 	"log"
-	"os"
 	"time"
 
 	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tracebridge/tracebridge"
 	"github.com/tracebridge/tracebridge/carrier"
-	"github.com/tracebridge/tracebridge/examples/internal/demo"
-	"github.com/tracebridge/tracebridge/internal/testenv"
+	"github.com/tracebridge/tracebridge/examples/demoenv"
 	tnats "github.com/tracebridge/tracebridge/nats"
 )
 
 func main() {
-	url := os.Getenv("NATS_URL")
-	if url == "" {
-		u, stop, err := testenv.StartNATS("")
-		if err != nil {
-			log.Fatal(err)
-		}
-		defer stop()
-		url = u
+	// Demo scaffolding: in your program, this is your server's URL.
+	url, _, stop, err := demoenv.NATS()
+	if err != nil {
+		log.Fatal(err)
 	}
+	defer stop()
 	nc, err := natsgo.Connect(url)
 	if err != nil {
 		log.Fatal(err)
@@ -55,7 +52,11 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	tp := demo.TracerProvider()
+	// Sample every span, and stamp session.id on the spans started under a
+	// session. The example prints IDs, so it configures no exporter.
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()),
+		sdktrace.WithSpanProcessor(carrier.NewSessionSpanProcessor()))
+	defer tp.Shutdown(ctx)
 
 	// The one-line change: tnats.WrapJetStream around your jetstream.JetStream.
 	js := tnats.WrapJetStream(raw, tracebridge.WithTracerProvider(tp))

@@ -1,0 +1,208 @@
+package nats_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	natsgo "github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/codes"
+	"go.uber.org/goleak"
+
+	"github.com/tracebridge/tracebridge/internal/testenv"
+	tnats "github.com/tracebridge/tracebridge/nats"
+)
+
+// closeBound is how long a Close, Stop or connection close may take with
+// work in flight on a loaded 2-core machine under -race. The operations
+// under test return in milliseconds; the bound only catches a hang.
+const closeBound = 10 * time.Second
+
+// blackHole subscribes to subj on a connection of its own and never
+// replies, so a JetStream publish to subj gets neither a PubAck nor a
+// no-responders status: its ack never comes. It returns the connection.
+func blackHole(t *testing.T, url, subj string) *natsgo.Conn {
+	t.Helper()
+	nc := connect(t, url)
+	if _, err := nc.Subscribe(subj, func(*natsgo.Msg) {}); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return nc
+}
+
+// within runs f and fails t when it does not return within closeBound.
+func within(t *testing.T, what string, f func()) time.Duration {
+	t.Helper()
+	start := time.Now()
+	done := make(chan struct{})
+	go func() { defer close(done); f() }()
+	select {
+	case <-done:
+	case <-time.After(closeBound):
+		t.Fatalf("%s did not return within %v", what, closeBound)
+	}
+	return time.Since(start)
+}
+
+// TestWrapJetStreamUnackedAsyncPublishEndsAtClose publishes async through
+// WrapJetStream to a subject whose ack never comes, with nats.go's default
+// (no async ack timeout), and closes the connection: the send span ends
+// with an error naming the closed connection, the future reports it, and
+// no goroutine of the publish outlives the close.
+func TestWrapJetStreamUnackedAsyncPublishEndsAtClose(t *testing.T) {
+	leaks := goleak.IgnoreCurrent()
+	url := testenv.NATS(t)
+	tel := testenv.NewTelemetry(t)
+	subj := unique(t, "noack")
+	hole := blackHole(t, url, subj)
+
+	nc, err := natsgo.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tjs := tnats.WrapJetStream(js, tel.Options()...)
+	const n = 5
+	futures := make([]jetstream.PubAckFuture, n)
+	for i := range futures {
+		if futures[i], err = tjs.PublishAsync(context.Background(), subj, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(tel.Named("send " + subj)); got != 0 {
+		t.Fatalf("%d send spans ended before any ack or close", got)
+	}
+	within(t, "connection close", nc.Close)
+	hole.Close()
+	goleak.VerifyNone(t, leaks)
+
+	for i, f := range futures {
+		select {
+		case ack := <-f.Ok():
+			t.Fatalf("future %d acked %+v by a black hole", i, ack)
+		case err := <-f.Err():
+			if !errors.Is(err, natsgo.ErrConnectionClosed) {
+				t.Fatalf("future %d: %v, want ErrConnectionClosed", i, err)
+			}
+		case <-time.After(closeBound):
+			t.Fatalf("future %d has no outcome %v after the connection closed", i, closeBound)
+		}
+	}
+	testenv.WaitFor(t, "send spans to end", closeBound, func() bool { return len(tel.Named("send "+subj)) == n })
+	for _, s := range tel.Named("send " + subj) {
+		if s.Status().Code != codes.Error || !strings.Contains(s.Status().Description, "closed") {
+			t.Fatalf("send span status %v %q, want an error saying the connection closed", s.Status().Code, s.Status().Description)
+		}
+	}
+}
+
+// natsConnGoroutines ignores the goroutines nats.go runs for an open
+// connection and its JetStream context, whose lifetime is the user's
+// connection, never the library's.
+func natsConnGoroutines() []goleak.Option {
+	return []goleak.Option{
+		goleak.IgnoreAnyFunction("github.com/nats-io/nats%2ego.(*Conn).readLoop"),
+		goleak.IgnoreAnyFunction("github.com/nats-io/nats%2ego.(*Conn).flusher"),
+		goleak.IgnoreAnyFunction("github.com/nats-io/nats%2ego.(*Conn).waitForMsgs"),
+		goleak.IgnoreAnyFunction("github.com/nats-io/nats%2ego.(*asyncCallbacksHandler).asyncCBDispatcher"),
+		goleak.IgnoreAnyFunction("github.com/nats-io/nats.go/jetstream.(*jetStream).resetPendingAcksOnReconnect"),
+	}
+}
+
+// TestNewJetStreamUnackedAsyncPublishEndsAtClose is the NewJetStream side
+// of the close: its spans are ended by the JetStream's handlers, which
+// nats.go does not call when the connection closes, so the spans of
+// publishes still awaiting their ack end at the close, with an error
+// naming it, and the close watch leaves no goroutine.
+func TestNewJetStreamUnackedAsyncPublishEndsAtClose(t *testing.T) {
+	leaks := goleak.IgnoreCurrent()
+	url := testenv.NATS(t)
+	tel := testenv.NewTelemetry(t)
+	subj := unique(t, "noack")
+	hole := blackHole(t, url, subj)
+
+	nc, err := natsgo.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tjs, err := tnats.NewJetStream(nc, nil, tel.Options()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 5
+	for range n {
+		if _, err := tjs.PublishAsync(context.Background(), subj, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(tel.Named("send " + subj)); got != 0 {
+		t.Fatalf("%d send spans ended before any ack or close", got)
+	}
+	within(t, "connection close", nc.Close)
+	hole.Close()
+	testenv.WaitFor(t, "send spans to end", closeBound, func() bool { return len(tel.Named("send "+subj)) == n })
+	for _, s := range tel.Named("send " + subj) {
+		if s.Status().Code != codes.Error || !strings.Contains(s.Status().Description, "closed") {
+			t.Fatalf("send span status %v %q, want an error saying the connection closed", s.Status().Code, s.Status().Description)
+		}
+	}
+	goleak.VerifyNone(t, leaks)
+}
+
+// TestWrapJetStreamUnackedAsyncPublishTimesOut leaves the connection open:
+// the relay of a publish whose ack never comes gives up at the ack timeout,
+// ending the span and the future with jetstream.ErrAsyncPublishTimeout, and
+// its goroutine is gone while the connection lives on.
+func TestWrapJetStreamUnackedAsyncPublishTimesOut(t *testing.T) {
+	leaks := goleak.IgnoreCurrent()
+	url := testenv.NATS(t)
+	tel := testenv.NewTelemetry(t)
+	subj := unique(t, "noack")
+	blackHole(t, url, subj)
+	js, err := jetstream.New(connect(t, url))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tjs := tnats.WrapJetStream(js, tel.Options()...)
+	const timeout = 300 * time.Millisecond
+	tnats.SetAckTimeout(tjs, timeout)
+
+	start := time.Now()
+	f, err := tjs.PublishAsync(context.Background(), subj, []byte("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case ack := <-f.Ok():
+		t.Fatalf("acked %+v by a black hole", ack)
+	case err := <-f.Err():
+		if !errors.Is(err, jetstream.ErrAsyncPublishTimeout) {
+			t.Fatalf("future error %v, want ErrAsyncPublishTimeout", err)
+		}
+		if waited := time.Since(start); waited < timeout {
+			t.Fatalf("gave up after %v, before the %v timeout", waited, timeout)
+		}
+	case <-time.After(closeBound):
+		t.Fatalf("no outcome %v after publishing with a %v ack timeout", closeBound, timeout)
+	}
+	testenv.WaitFor(t, "send span to end", closeBound, func() bool { return len(tel.Named("send "+subj)) == 1 })
+	if s := tel.Named("send " + subj)[0]; s.Status().Code != codes.Error || !strings.Contains(s.Status().Description, "timeout") {
+		t.Fatalf("send span status %v %q, want an ack timeout", s.Status().Code, s.Status().Description)
+	}
+	goleak.VerifyNone(t, append(natsConnGoroutines(), leaks)...)
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.uber.org/goleak"
 
+	"github.com/tracebridge/tracebridge"
 	"github.com/tracebridge/tracebridge/internal/testenv"
 	tnats "github.com/tracebridge/tracebridge/nats"
 )
@@ -205,4 +207,109 @@ func TestWrapJetStreamUnackedAsyncPublishTimesOut(t *testing.T) {
 		t.Fatalf("send span status %v %q, want an ack timeout", s.Status().Code, s.Status().Description)
 	}
 	goleak.VerifyNone(t, append(natsConnGoroutines(), leaks)...)
+}
+
+// gate holds handlers mid-message until it is opened, counting how many
+// are held.
+type gate struct {
+	open chan struct{}
+	in   atomic.Int32
+}
+
+func newGate() *gate { return &gate{open: make(chan struct{})} }
+
+func (g *gate) hold() {
+	g.in.Add(1)
+	<-g.open
+}
+
+// TestChanSubscribeWorkersEndAtConnClose closes the connection under a
+// ChanSubscribe with WithConcurrency(4) whose context never ends, while
+// four handlers are blocked mid-message and more messages wait in the
+// channel: the close returns at once, and once the handlers return the
+// workers handle what the channel held and stop.
+func TestChanSubscribeWorkersEndAtConnClose(t *testing.T) {
+	leaks := goleak.IgnoreCurrent()
+	url := testenv.NATS(t)
+	nc, err := natsgo.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := tnats.Wrap(nc, tracebridge.WithConcurrency(4))
+	subj := unique(t, "chan")
+	g := newGate()
+	var handled atomic.Int32
+	ch := make(chan *natsgo.Msg, 64)
+	if _, err := c.ChanSubscribe(context.Background(), subj, ch, func(context.Context, *natsgo.Msg) {
+		g.hold()
+		handled.Add(1)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	const n = 10
+	for range n {
+		if err := nc.Publish(subj, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testenv.WaitFor(t, "4 handlers in flight and the rest buffered", closeBound, func() bool {
+		return g.in.Load() == 4 && len(ch) == n-4
+	})
+	within(t, "connection close", nc.Close)
+	close(g.open)
+	goleak.VerifyNone(t, leaks)
+	if got := handled.Load(); got != n {
+		t.Fatalf("%d of %d delivered messages handled", got, n)
+	}
+}
+
+// TestChanSubscribeWorkersEndAtUnsubscribe unsubscribes with the connection
+// still open: the workers stop though their context never ends.
+func TestChanSubscribeWorkersEndAtUnsubscribe(t *testing.T) {
+	leaks := goleak.IgnoreCurrent()
+	url := testenv.NATS(t)
+	nc := connect(t, url)
+	c := tnats.Wrap(nc, tracebridge.WithConcurrency(3))
+	subj := unique(t, "chan")
+	var handled atomic.Int32
+	sub, err := c.ChanSubscribe(context.Background(), subj, make(chan *natsgo.Msg, 8),
+		func(context.Context, *natsgo.Msg) { handled.Add(1) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Publish(subj, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, "a message handled", closeBound, func() bool { return handled.Load() == 1 })
+	within(t, "unsubscribe", func() {
+		if err := sub.Unsubscribe(); err != nil {
+			t.Error(err)
+		}
+	})
+	goleak.VerifyNone(t, append(natsConnGoroutines(), leaks)...)
+}
+
+// TestSubscribeHandlerBlockedAtConnClose closes the connection while a
+// core Subscribe handler is blocked: the close does not wait for it, and
+// nothing is left once it returns.
+func TestSubscribeHandlerBlockedAtConnClose(t *testing.T) {
+	leaks := goleak.IgnoreCurrent()
+	url := testenv.NATS(t)
+	nc, err := natsgo.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := tnats.Wrap(nc)
+	subj := unique(t, "core")
+	g := newGate()
+	if _, err := c.Subscribe(subj, func(context.Context, *natsgo.Msg) { g.hold() }); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Publish(subj, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, "handler in flight", closeBound, func() bool { return g.in.Load() == 1 })
+	within(t, "connection close", nc.Close)
+	close(g.open)
+	goleak.VerifyNone(t, leaks)
 }

@@ -3,7 +3,9 @@ package nats_test
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -312,4 +314,224 @@ func TestSubscribeHandlerBlockedAtConnClose(t *testing.T) {
 	within(t, "connection close", nc.Close)
 	close(g.open)
 	goleak.VerifyNone(t, leaks)
+}
+
+// jsLifecycle is a stream with a durable consumer, managed on a connection
+// of the test's, and a second connection for the code under test, which
+// the test closes itself.
+type jsLifecycle struct {
+	url  string
+	subj string
+	st   jetstream.Stream
+	cfg  jetstream.ConsumerConfig
+	nc   *natsgo.Conn
+	js   jetstream.JetStream
+}
+
+func newJSLifecycle(t *testing.T, n int, cfg jetstream.ConsumerConfig) *jsLifecycle {
+	t.Helper()
+	e := &jsLifecycle{url: testenv.NATS(t), subj: unique(t, "life"), cfg: cfg}
+	admin, err := jetstream.New(connect(t, e.url))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.st = stream(t, admin, jetstream.StreamConfig{Name: e.subj, Subjects: []string{e.subj}})
+	consumer(t, e.st, cfg)
+	for i := range n {
+		if _, err := admin.Publish(context.Background(), e.subj, []byte(strconv.Itoa(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.dial(t)
+	return e
+}
+
+// dial opens the connection of the code under test.
+func (e *jsLifecycle) dial(t *testing.T) {
+	t.Helper()
+	var err error
+	if e.nc, err = natsgo.Connect(e.url); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.nc.Close) // in case the test fails before closing it
+	if e.js, err = jetstream.New(e.nc); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (e *jsLifecycle) consumer(t *testing.T, opts ...tracebridge.Option) *tnats.Consumer {
+	t.Helper()
+	cons, err := e.js.Consumer(context.Background(), e.subj, e.cfg.Durable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tnats.NewConsumer(e.js, cons, opts...)
+}
+
+// TestConsumeStopWaitsForHandlersThenLeavesNothing stops a Consume with
+// WithConcurrency(4) while four handlers are blocked mid-message, with
+// Stop and with Drain: Stop returns at once, Closed waits for the
+// handlers (they are not interrupted) and closes once they have returned,
+// and after the connection's close nothing is left.
+func TestConsumeStopWaitsForHandlersThenLeavesNothing(t *testing.T) {
+	for _, how := range []string{"Stop", "Drain"} {
+		t.Run(how, func(t *testing.T) {
+			leaks := goleak.IgnoreCurrent()
+			e := newJSLifecycle(t, 10, jetstream.ConsumerConfig{Durable: "c", AckWait: 30 * time.Second})
+			g := newGate()
+			cc, err := e.consumer(t, tracebridge.WithConcurrency(4)).Consume(func(context.Context, jetstream.Msg) error {
+				g.hold()
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			testenv.WaitFor(t, "4 handlers in flight", closeBound, func() bool { return g.in.Load() == 4 })
+			if how == "Stop" {
+				within(t, "Stop", cc.Stop)
+			} else {
+				within(t, "Drain", cc.Drain)
+			}
+			select {
+			case <-cc.Closed():
+				t.Fatal("Closed while handlers were still running")
+			case <-time.After(200 * time.Millisecond):
+			}
+			close(g.open)
+			within(t, "Closed after the handlers returned", func() { <-cc.Closed() })
+			within(t, "connection close", e.nc.Close)
+			goleak.VerifyNone(t, append(natsConnGoroutines(), leaks)...)
+		})
+	}
+}
+
+// TestMessagesReturnsAfterHandlersThenLeavesNothing ends the context of
+// Messages while handlers are blocked: Messages returns once they have
+// returned, and nothing of it is left.
+func TestMessagesReturnsAfterHandlersThenLeavesNothing(t *testing.T) {
+	leaks := goleak.IgnoreCurrent()
+	e := newJSLifecycle(t, 10, jetstream.ConsumerConfig{Durable: "c", AckWait: 30 * time.Second})
+	g := newGate()
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() {
+		errc <- e.consumer(t, tracebridge.WithConcurrency(4)).Messages(ctx, func(context.Context, jetstream.Msg) error {
+			g.hold()
+			return nil
+		})
+	}()
+	testenv.WaitFor(t, "4 handlers in flight", closeBound, func() bool { return g.in.Load() == 4 })
+	cancel()
+	select {
+	case err := <-errc:
+		t.Fatalf("Messages returned %v with handlers running", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(g.open)
+	within(t, "Messages to return", func() {
+		if err := <-errc; !errors.Is(err, context.Canceled) {
+			t.Errorf("Messages returned %v, want context.Canceled", err)
+		}
+	})
+	within(t, "connection close", e.nc.Close)
+	goleak.VerifyNone(t, append(natsConnGoroutines(), leaks)...)
+}
+
+// TestConsumeCloseLosesNothing stops a Consume and closes its connection
+// while handlers are blocked mid-message; they then return nil, too late
+// to ack. Every message, those in flight and those never started, is
+// delivered again to the next consumer and handled to the end: no message
+// whose handler did not finish on a live connection counts as done.
+func TestConsumeCloseLosesNothing(t *testing.T) {
+	const n = 12
+	e := newJSLifecycle(t, n, jetstream.ConsumerConfig{Durable: "c", AckWait: time.Second})
+	g := newGate()
+	cc, err := e.consumer(t, tracebridge.WithConcurrency(4)).Consume(func(context.Context, jetstream.Msg) error {
+		g.hold()
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, "4 handlers in flight", closeBound, func() bool { return g.in.Load() == 4 })
+	cc.Stop()
+	within(t, "connection close", e.nc.Close)
+	close(g.open)
+	within(t, "Closed", func() { <-cc.Closed() })
+
+	e.dial(t)
+	var mu sync.Mutex
+	done := map[string]bool{}
+	cc, err = e.consumer(t, tracebridge.WithConcurrency(4)).Consume(func(_ context.Context, m jetstream.Msg) error {
+		mu.Lock()
+		done[string(m.Data())] = true
+		mu.Unlock()
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Stop()
+	testenv.WaitFor(t, "every message handled after the restart", 20*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(done) == n
+	})
+}
+
+// TestJetStreamAsyncPublishLeavesNoGoroutineOnOpenConnection: with the
+// connection open, nothing of an async publish stays once its ack came
+// (WrapJetStream's relays, the close watch of both constructors), nor once
+// CleanupPublisher failed the publishes whose ack never came.
+func TestJetStreamAsyncPublishLeavesNoGoroutineOnOpenConnection(t *testing.T) {
+	for _, wrap := range []bool{true, false} {
+		t.Run(map[bool]string{true: "WrapJetStream", false: "NewJetStream"}[wrap], func(t *testing.T) {
+			leaks := goleak.IgnoreCurrent()
+			url := testenv.NATS(t)
+			tel := testenv.NewTelemetry(t)
+			nc := connect(t, url)
+			var tjs *tnats.JetStream
+			if wrap {
+				js, err := jetstream.New(nc)
+				if err != nil {
+					t.Fatal(err)
+				}
+				tjs = tnats.WrapJetStream(js, tel.Options()...)
+			} else {
+				var err error
+				if tjs, err = tnats.NewJetStream(nc, nil, tel.Options()...); err != nil {
+					t.Fatal(err)
+				}
+			}
+			subj := unique(t, "acked")
+			stream(t, tjs.JetStream, jetstream.StreamConfig{Name: subj, Subjects: []string{subj}})
+			const n = 50
+			for range n {
+				if _, err := tjs.PublishAsync(context.Background(), subj, []byte("x")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			within(t, "acks", func() { <-tjs.PublishAsyncComplete() })
+			testenv.WaitFor(t, "send spans", closeBound, func() bool { return len(tel.Named("send "+subj)) == n })
+			goleak.VerifyNone(t, append(natsConnGoroutines(), leaks)...)
+
+			hole := unique(t, "hole")
+			blackHole(t, url, hole)
+			f, err := tjs.PublishAsync(context.Background(), hole, []byte("x"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			within(t, "CleanupPublisher", tjs.CleanupPublisher)
+			select {
+			case err := <-f.Err():
+				if !errors.Is(err, jetstream.ErrJetStreamPublisherClosed) {
+					t.Fatalf("future error %v, want ErrJetStreamPublisherClosed", err)
+				}
+			case <-time.After(closeBound):
+				t.Fatal("future has no outcome after CleanupPublisher")
+			}
+			testenv.WaitFor(t, "send span of the cleaned-up publish", closeBound, func() bool { return len(tel.Named("send "+hole)) == 1 })
+			goleak.VerifyNone(t, append(natsConnGoroutines(), leaks)...)
+		})
+	}
 }

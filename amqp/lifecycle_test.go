@@ -464,3 +464,35 @@ func (b *lockedBuffer) contains(s string) bool {
 }
 
 func (b *lockedBuffer) logger() *slog.Logger { return slog.New(slog.NewTextHandler(b, nil)) }
+
+// TestDialPublisherCloseReleasesWaitingPublish closes a publisher while a
+// publish waits (WithReconnectWait) for the lost connection to return:
+// the publish fails with ErrDisconnected at the Close, not at the end of
+// its wait.
+func TestDialPublisherCloseReleasesWaitingPublish(t *testing.T) {
+	leaks := goleak.IgnoreCurrent()
+	px := newProxy(t, testenv.AMQP(t))
+	var logs lockedBuffer
+	p, err := amqp.DialPublisher(px.url, tracebridge.WithConfirms(), tracebridge.WithReconnectWait(time.Minute),
+		tracebridge.WithLogger(logs.logger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	px.cut(true)
+	testenv.WaitFor(t, "a redial", closeBound, func() bool { return logs.contains("reconnecting") })
+	errc := make(chan error, 1)
+	go func() { errc <- p.PublishWithContext(context.Background(), "", "x", false, false, amqp091.Publishing{}) }()
+	select {
+	case err := <-errc:
+		t.Fatalf("publish returned %v instead of waiting for the reconnect", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	within(t, "Close", func() { _ = p.Close() })
+	within(t, "the waiting publish", func() {
+		if err := <-errc; !errors.Is(err, amqp.ErrDisconnected) {
+			t.Errorf("publish after Close: %v, want ErrDisconnected", err)
+		}
+	})
+	px.close()
+	goleak.VerifyNone(t, leaks)
+}

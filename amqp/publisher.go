@@ -159,6 +159,8 @@ func (p *Publisher) channel(ctx context.Context) (*pubChannel, error) {
 			return nil, fmt.Errorf("%w: %w", ErrDisconnected, ctx.Err())
 		case <-timer.C:
 			return nil, fmt.Errorf("%w (waited %s for reconnect)", ErrDisconnected, p.t.ReconnectWait)
+		case <-p.done:
+			return nil, fmt.Errorf("%w: publisher closed", ErrDisconnected)
 		case <-ready:
 		}
 		p.mu.Lock()

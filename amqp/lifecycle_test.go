@@ -481,7 +481,9 @@ func TestDialPublisherCloseReleasesWaitingPublish(t *testing.T) {
 	px.cut(true)
 	testenv.WaitFor(t, "a redial", closeBound, func() bool { return logs.contains("reconnecting") })
 	errc := make(chan error, 1)
-	go func() { errc <- p.PublishWithContext(context.Background(), "", "x", false, false, amqp091.Publishing{}) }()
+	go func() {
+		errc <- p.PublishWithContext(context.Background(), "", "x", false, false, amqp091.Publishing{})
+	}()
 	select {
 	case err := <-errc:
 		t.Fatalf("publish returned %v instead of waiting for the reconnect", err)

@@ -131,7 +131,7 @@ type closeWatch struct {
 func (w *closeWatch) begin() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.n++; w.n == 1 {
+	if w.n++; w.n == 1 && w.nc != nil { // a JetStream without a connection never closes one
 		w.idle = make(chan struct{})
 		go w.run(w.nc.StatusChanged(natsgo.CLOSED), w.idle)
 	}
@@ -141,7 +141,7 @@ func (w *closeWatch) begin() {
 func (w *closeWatch) end() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.n--; w.n == 0 {
+	if w.n--; w.n == 0 && w.idle != nil {
 		close(w.idle)
 		w.idle = nil
 	}

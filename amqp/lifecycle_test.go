@@ -498,3 +498,43 @@ func TestDialPublisherCloseReleasesWaitingPublish(t *testing.T) {
 	px.close()
 	goleak.VerifyNone(t, leaks)
 }
+
+// TestNewPublisherLeavesNothingAfterItsChannelCloses: a publisher on the
+// user's channel keeps nothing running once the user closes that channel's
+// connection, pending confirmations included.
+func TestNewPublisherLeavesNothingAfterItsChannelCloses(t *testing.T) {
+	leaks := goleak.IgnoreCurrent()
+	u := testenv.AMQP(t)
+	q := uniqueQueue(t, u, "userch")
+	conn, err := amqp091.Dial(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	declare(t, ch, q, nil)
+	p, err := amqp.NewPublisher(ch, tracebridge.WithConfirms())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 200
+	confs := make([]*amqp.Confirmation, 0, n)
+	for range n {
+		c, err := p.PublishWithDeferredConfirm(context.Background(), "", q, true, false, amqp091.Publishing{Body: []byte("x")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		confs = append(confs, c)
+	}
+	within(t, "connection close", func() { _ = conn.Close() })
+	within(t, "every Wait", func() {
+		for _, c := range confs {
+			if err := c.Wait(context.Background()); err != nil && !errors.Is(err, amqp.ErrConfirmLost) {
+				t.Errorf("Wait after the close: %v", err)
+			}
+		}
+	})
+	goleak.VerifyNone(t, leaks)
+}

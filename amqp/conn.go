@@ -18,7 +18,7 @@ import (
 // (NewConsumerOn).
 type channelSource interface {
 	// channel opens a channel, (re)connecting first when needed.
-	channel() (*amqp091.Channel, error)
+	channel(ctx context.Context) (*amqp091.Channel, error)
 	// server names the broker for span attributes.
 	server() (addr string, port int)
 	// close stops channel from opening more channels.
@@ -48,22 +48,23 @@ var errNoRedial = fmt.Errorf("%w: the connection closed and no redial func was g
 // the handlers in flight have finished (their unacked messages go back to
 // the queue with the connection). redial typically dials and stores the new
 // connection where the rest of your program finds it, or returns the
-// connection your own reconnect logic keeps current.
-func NewConsumerOn(conn *amqp091.Connection, redial func() (*amqp091.Connection, error), queue string, setup Setup, h Handler, opts ...tracebridge.Option) *Consumer {
+// connection your own reconnect logic keeps current. Its context ends when
+// Run is stopped, so a dial in progress can be abandoned.
+func NewConsumerOn(conn *amqp091.Connection, redial func(context.Context) (*amqp091.Connection, error), queue string, setup Setup, h Handler, opts ...tracebridge.Option) *Consumer {
 	return &Consumer{t: msgtrace.New("rabbitmq", opts), link: &borrowed{conn: conn, redial: redial},
 		queue: queue, setup: setup, h: h}
 }
 
 // borrowed is a channelSource over connections the caller owns.
 type borrowed struct {
-	redial func() (*amqp091.Connection, error)
+	redial func(context.Context) (*amqp091.Connection, error)
 
 	mu   sync.Mutex
 	conn *amqp091.Connection
 	shut bool
 }
 
-func (b *borrowed) channel() (*amqp091.Channel, error) {
+func (b *borrowed) channel(ctx context.Context) (*amqp091.Channel, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.shut {
@@ -73,7 +74,7 @@ func (b *borrowed) channel() (*amqp091.Channel, error) {
 		if b.redial == nil {
 			return nil, errNoRedial
 		}
-		c, err := b.redial()
+		c, err := b.redial(ctx)
 		if err == nil && c == nil {
 			err = errors.New("redial returned no connection")
 		}

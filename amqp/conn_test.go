@@ -149,7 +149,7 @@ func TestConsumerOnRedialsAfterConnectionLoss(t *testing.T) {
 		}
 	})
 	var redials atomic.Int32
-	redial := func() (*amqp091.Connection, error) {
+	redial := func(context.Context) (*amqp091.Connection, error) {
 		redials.Add(1)
 		c, err := amqp091.Dial(url)
 		if err == nil {

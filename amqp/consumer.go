@@ -83,22 +83,32 @@ func NewConsumer(url, queue string, setup Setup, h Handler, opts ...tracebridge.
 // Run consumes until ctx ends, reconnecting with backoff whenever the
 // connection or channel closes (for NewConsumerOn, see there). When ctx ends it stops taking deliveries,
 // lets the handlers in flight finish and settle (their context is not
-// cancelled), returns unstarted prefetched deliveries to the queue, closes
-// the connection and returns nil. A failure to connect or set up the
-// topology the first time is returned at once, because it is more likely
-// a mistake than an outage.
+// cancelled, and Run waits for them however long they take: bound them
+// with deadlines of your own), returns unstarted prefetched deliveries to
+// the queue, closes the connection and returns nil. A retry waiting out
+// its backoff in the consumer, a dead-letter publish being retried, or a
+// redial (even one stuck in the AMQP handshake) is abandoned at once and
+// its message left unacked. Nothing is lost: a message is acked only after
+// its handler succeeded, or after its retry or dead letter was confirmed,
+// and the broker requeues every unacked message when the connection
+// closes. Nothing Run started outlives it. A failure to connect or set up
+// the topology the first time is returned at once, because it is more
+// likely a mistake than an outage.
 func (c *Consumer) Run(ctx context.Context) error {
 	defer c.link.close()
 	first := true
 	for {
 		var sess *session
-		dial := func(context.Context) error {
-			s, err := c.open()
+		dial := func(ctx context.Context) error {
+			s, err := c.open(ctx)
 			sess = s
 			return err
 		}
 		if first {
 			if err := dial(ctx); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
 				return err
 			}
 		} else if err := c.redial(ctx, func() error { return dial(ctx) }); err != nil {
@@ -127,8 +137,8 @@ type session struct {
 	tag        string
 }
 
-func (c *Consumer) open() (*session, error) {
-	ch, err := c.link.channel()
+func (c *Consumer) open(ctx context.Context) (*session, error) {
+	ch, err := c.link.channel(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -71,7 +71,7 @@ func NewPublisher(ch *amqp091.Channel, opts ...tracebridge.Option) (*Publisher, 
 func DialPublisher(url string, opts ...tracebridge.Option) (*Publisher, error) {
 	p := &Publisher{t: msgtrace.New("rabbitmq", opts), link: newLink(url), ready: make(chan struct{})}
 	p.addr, p.port = p.link.addr, p.link.port
-	ch, err := p.link.channel()
+	ch, err := p.link.channel(context.Background())
 	if err != nil {
 		return nil, err
 	}
@@ -104,8 +104,8 @@ func (p *Publisher) reconnect(ctx context.Context) {
 		p.cur, p.ready = nil, make(chan struct{})
 		p.mu.Unlock()
 		var next *pubChannel
-		err := msgtrace.Redial(ctx, reconnectBackoff, reconnectMin, func(context.Context) error {
-			ch, err := p.link.channel()
+		err := msgtrace.Redial(ctx, reconnectBackoff, reconnectMin, func(ctx context.Context) error {
+			ch, err := p.link.channel(ctx)
 			if err != nil {
 				return err
 			}
@@ -127,7 +127,12 @@ func (p *Publisher) reconnect(ctx context.Context) {
 }
 
 // Close stops reconnecting and closes the connection of a Publisher made by
-// DialPublisher. It does not close a channel given to NewPublisher.
+// DialPublisher; a redial in progress, even one stuck in the AMQP
+// handshake, is abandoned. Confirmations still pending then end with
+// ErrConfirmLost (the message may or may not have reached the queue), and
+// publishes after Close fail with ErrDisconnected. Nothing the Publisher
+// started outlives Close. It does not close a channel given to
+// NewPublisher.
 func (p *Publisher) Close() error {
 	if p.link == nil {
 		return nil
@@ -162,6 +167,8 @@ func (p *Publisher) channel(ctx context.Context) (*pubChannel, error) {
 			return nil, fmt.Errorf("%w: %w", ErrDisconnected, ctx.Err())
 		case <-timer.C:
 			return nil, fmt.Errorf("%w (waited %s for reconnect)", ErrDisconnected, p.t.ReconnectWait)
+		case <-p.done:
+			return nil, fmt.Errorf("%w: publisher closed", ErrDisconnected)
 		case <-ready:
 		}
 		p.mu.Lock()

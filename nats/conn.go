@@ -180,8 +180,12 @@ func (c *Conn) QueueSubscribe(subj, queue string, h MsgHandler) (*natsgo.Subscri
 
 // ChanSubscribe delivers subj's messages into ch and runs h on them with
 // WithConcurrency workers, so handlers run in parallel (a Subscribe callback
-// runs one at a time). The workers stop when ctx ends or ch is closed,
-// after the message in hand; ctx is also the handlers' base context.
+// runs one at a time). ctx is the handlers' base context. The workers stop
+// after the message in hand when ctx ends or ch is closed; when the
+// subscription closes (Unsubscribe, a finished Drain, the connection's
+// Close) they first handle what ch already holds, since nothing more can
+// arrive. Nothing of the subscription outlives the connection's Close but
+// handlers still running: they are not interrupted.
 func (c *Conn) ChanSubscribe(ctx context.Context, subj string, ch chan *natsgo.Msg, h MsgHandler) (*natsgo.Subscription, error) {
 	return c.ChanQueueSubscribe(ctx, subj, "", ch, h)
 }
@@ -198,12 +202,16 @@ func (c *Conn) ChanQueueSubscribe(ctx context.Context, subj, queue string, ch ch
 	if err != nil {
 		return nil, fmt.Errorf("nats: chan subscribe %q group %q: %w", subj, queue, err)
 	}
+	stop := c.watchSub(ctx, sub)
 	run := c.callback(ctx, subj, queue, h)
 	for range c.t.Concurrency {
 		go func() {
 			for {
 				select {
-				case <-ctx.Done():
+				case <-stop:
+					if ctx.Err() == nil {
+						drain(ch, run)
+					}
 					return
 				case m, ok := <-ch:
 					if !ok {
@@ -215,6 +223,43 @@ func (c *Conn) ChanQueueSubscribe(ctx context.Context, subj, queue string, ch ch
 		}()
 	}
 	return sub, nil
+}
+
+// watchSub returns a channel closed when ctx ends or sub closes. nats.go
+// tells a subscription's status listeners of an Unsubscribe or Drain but
+// not of the connection's Close, so the connection is watched too.
+func (c *Conn) watchSub(ctx context.Context, sub *natsgo.Subscription) <-chan struct{} {
+	stop := make(chan struct{})
+	subClosed := sub.StatusChanged(natsgo.SubscriptionClosed)
+	connClosed := c.Conn.StatusChanged(natsgo.CLOSED)
+	go func() {
+		defer close(stop)
+		defer c.Conn.RemoveStatusListener(connClosed)
+		if c.Conn.IsClosed() { // closed before the listener was registered
+			return
+		}
+		select {
+		case <-ctx.Done():
+		case <-subClosed:
+		case <-connClosed:
+		}
+	}()
+	return stop
+}
+
+// drain handles the messages ch holds, without waiting for more.
+func drain(ch chan *natsgo.Msg, run natsgo.MsgHandler) {
+	for {
+		select {
+		case m, ok := <-ch:
+			if !ok {
+				return
+			}
+			run(m)
+		default:
+			return
+		}
+	}
 }
 
 func (c *Conn) callback(base context.Context, subj, queue string, h MsgHandler) natsgo.MsgHandler {

@@ -74,7 +74,11 @@ func NewConsumer(js jetstream.JetStream, cons jetstream.Consumer, opts ...traceb
 
 // Consume runs h for each message, WithConcurrency at a time. Stop or Drain
 // the returned context as usual; its Closed channel closes once the
-// subscription is closed and every running handler has returned.
+// subscription is closed and every running handler has returned. Running
+// handlers are not interrupted; a message whose handler has not returned
+// is not acked, so if the connection is gone by then JetStream delivers it
+// again after AckWait. Retries wait on the server (NakWithDelay), so no
+// backoff timer of the consumer outlives the stop.
 func (c *Consumer) Consume(h Handler, opts ...jetstream.PullConsumeOpt) (jetstream.ConsumeContext, error) {
 	w := c.workers(context.Background(), h)
 	cc, err := c.Consumer.Consume(w.run, opts...)

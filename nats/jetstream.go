@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -23,9 +24,24 @@ const (
 	DeliveredKey      = attribute.Key("tracebridge.nats.num_delivered")
 )
 
+// DefaultAsyncAckTimeout bounds the wait of an async publish for its
+// PubAck, so that neither its span nor anything the library started for it
+// waits forever for an ack that never comes. A synchronous publish gives up
+// after the JetStream's DefaultTimeout (5s by default); an async one is
+// given longer, because it may queue behind thousands of others.
+const DefaultAsyncAckTimeout = 30 * time.Second
+
 // JetStream traces publishes to JetStream. It embeds the
 // jetstream.JetStream, so stream and consumer management is called as
 // usual; only the publish methods differ, by taking a context.
+//
+// An async publish whose PubAck never comes ends, span and future, with
+// jetstream.ErrAsyncPublishTimeout after DefaultAsyncAckTimeout, with
+// nats.ErrConnectionClosed when the connection is closed first (nats.go
+// itself leaves such publishes pending), with nats.ErrDisconnected when the
+// connection is lost, or with jetstream.ErrJetStreamPublisherClosed at
+// CleanupPublisher. Nothing the library starts for a publish outlives the
+// connection's Close.
 type JetStream struct {
 	jetstream.JetStream
 	t    *msgtrace.Tracer
@@ -35,15 +51,26 @@ type JetStream struct {
 	// the JetStream's own ack handlers end them (NewJetStream); nil when
 	// each async publish waits on its future instead (WrapJetStream).
 	pending *pendingSends
+	// watch learns of the connection's close while publishes are pending.
+	watch *closeWatch
+	// ackTimeout bounds WrapJetStream's relays: DefaultAsyncAckTimeout,
+	// shortened by tests.
+	ackTimeout time.Duration
 }
 
 // WrapJetStream traces js's publishes. It reads WithTracerProvider,
-// WithMeterProvider, WithPropagators and WithLogger. An async publish's
-// span waits for its ack on a goroutine of its own; NewJetStream avoids
-// that when you create the JetStream.
+// WithMeterProvider, WithPropagators and WithLogger.
+//
+// js's ack handlers cannot be hooked once it exists, so each async publish
+// waits for its ack on a goroutine of its own, which ends with the ack, the
+// error, DefaultAsyncAckTimeout (or a shorter
+// jetstream.WithPublishAsyncTimeout set on js) or the connection's Close,
+// whichever comes first. NewJetStream avoids the goroutine, and lets the
+// ack timeout be longer, when you create the JetStream.
 func WrapJetStream(js jetstream.JetStream, opts ...tracebridge.Option) *JetStream {
-	j := &JetStream{JetStream: js, t: msgtrace.New("nats", opts)}
+	j := &JetStream{JetStream: js, t: msgtrace.New("nats", opts), ackTimeout: DefaultAsyncAckTimeout}
 	j.host, j.port = serverOf(js.Conn())
+	j.watch = &closeWatch{nc: js.Conn(), closed: make(chan struct{})}
 	return j
 }
 
@@ -57,20 +84,86 @@ func WrapJetStream(js jetstream.JetStream, opts ...tracebridge.Option) *JetStrea
 //
 // The spans end on nats.go's ack goroutine, which must not block: use a
 // batching span processor, as production setups do, not a synchronous one.
-// A publish whose ack never comes keeps its span open until the ack timeout
-// (jetstream.WithPublishAsyncTimeout) or a reconnect fails it; closing the
-// connection fails nothing, so set a timeout when that matters.
+// The ack timeout is DefaultAsyncAckTimeout unless jsOpts sets
+// jetstream.WithPublishAsyncTimeout (0 turns it off, leaving an unacked
+// publish pending until a reconnect or Close). Closing the connection ends
+// the spans of the publishes still pending; their futures, being nats.go's,
+// then fail only at the ack timeout.
 func NewJetStream(nc *natsgo.Conn, jsOpts []jetstream.JetStreamOpt, opts ...tracebridge.Option) (*JetStream, error) {
 	p := &pendingSends{m: make(map[*natsgo.Msg]*pendingSend)}
-	all := append(append([]jetstream.JetStreamOpt(nil), jsOpts...),
-		jetstream.WithPublishAsyncAckHandler(p.ack), jetstream.WithPublishAsyncErrHandler(p.fail))
+	// The default timeout goes first, so a timeout in jsOpts replaces it.
+	all := make([]jetstream.JetStreamOpt, 0, len(jsOpts)+3)
+	all = append(all, jetstream.WithPublishAsyncTimeout(DefaultAsyncAckTimeout))
+	all = append(all, jsOpts...)
+	all = append(all, jetstream.WithPublishAsyncAckHandler(p.ack), jetstream.WithPublishAsyncErrHandler(p.fail))
 	js, err := jetstream.New(nc, all...)
 	if err != nil {
 		return nil, fmt.Errorf("nats: new JetStream: %w", err)
 	}
 	j := WrapJetStream(js, opts...)
 	j.pending = p
+	p.watch = j.watch
+	j.watch.onClose = p.failAll
 	return j, nil
+}
+
+// closeWatch tells a JetStream's pending async publishes that the
+// connection has closed: nats.go fails them on a reconnect, but at Close
+// it leaves them pending forever. Its goroutine runs only while publishes
+// are pending, so an idle JetStream costs none, and ends at the close.
+type closeWatch struct {
+	nc *natsgo.Conn
+	// onClose, when set, runs once when the connection has closed, before
+	// closed is closed.
+	onClose func()
+	// closed is closed once the connection has closed.
+	closed chan struct{}
+	once   sync.Once
+
+	mu sync.Mutex
+	n  int // publishes pending
+	// idle stops the running watcher when nothing is pending any more;
+	// nil while none runs.
+	idle chan struct{}
+}
+
+// begin counts a pending publish, starting the watcher for the first.
+func (w *closeWatch) begin() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.n++; w.n == 1 && w.nc != nil { // a JetStream without a connection never closes one
+		w.idle = make(chan struct{})
+		go w.run(w.nc.StatusChanged(natsgo.CLOSED), w.idle)
+	}
+}
+
+// end counts a publish settled, stopping the watcher after the last.
+func (w *closeWatch) end() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.n--; w.n == 0 && w.idle != nil {
+		close(w.idle)
+		w.idle = nil
+	}
+}
+
+func (w *closeWatch) run(status chan natsgo.Status, idle chan struct{}) {
+	defer w.nc.RemoveStatusListener(status)
+	// A connection closed before the listener was registered sends it
+	// nothing.
+	if !w.nc.IsClosed() {
+		select {
+		case <-status: // the only status listened for is CLOSED
+		case <-idle:
+			return
+		}
+	}
+	w.once.Do(func() {
+		if w.onClose != nil {
+			w.onClose()
+		}
+		close(w.closed)
+	})
 }
 
 // pendingSends maps the messages of unacknowledged async publishes to
@@ -80,6 +173,8 @@ func NewJetStream(nc *natsgo.Conn, jsOpts []jetstream.JetStreamOpt, opts ...trac
 // to the same subject, and a guess for one message sent to two streams at
 // once, which should be two messages.
 type pendingSends struct {
+	watch *closeWatch
+
 	mu sync.Mutex
 	m  map[*natsgo.Msg]*pendingSend
 }
@@ -91,6 +186,7 @@ type pendingSend struct {
 }
 
 func (p *pendingSends) add(m *natsgo.Msg, s *pendingSend) {
+	p.watch.begin()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if first := p.m[m]; first != nil {
@@ -106,7 +202,6 @@ func (p *pendingSends) add(m *natsgo.Msg, s *pendingSend) {
 
 func (p *pendingSends) take(m *natsgo.Msg) *pendingSend {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	s := p.m[m]
 	switch {
 	case s == nil:
@@ -115,6 +210,10 @@ func (p *pendingSends) take(m *natsgo.Msg) *pendingSend {
 	default:
 		delete(p.m, m)
 	}
+	p.mu.Unlock()
+	if s != nil {
+		p.watch.end()
+	}
 	return s
 }
 
@@ -122,7 +221,7 @@ func (p *pendingSends) take(m *natsgo.Msg) *pendingSend {
 // still there.
 func (p *pendingSends) remove(m *natsgo.Msg, s *pendingSend) bool {
 	p.mu.Lock()
-	defer p.mu.Unlock()
+	found := false
 	first := p.m[m]
 	if first == s {
 		if s.next != nil {
@@ -130,15 +229,35 @@ func (p *pendingSends) remove(m *natsgo.Msg, s *pendingSend) bool {
 		} else {
 			delete(p.m, m)
 		}
-		return true
+		found = true
 	}
-	for prev := first; prev != nil; prev = prev.next {
+	for prev := first; !found && prev != nil; prev = prev.next {
 		if prev.next == s {
 			prev.next = s.next
-			return true
+			found = true
 		}
 	}
-	return false
+	p.mu.Unlock()
+	if found {
+		p.watch.end()
+	}
+	return found
+}
+
+// failAll ends the spans of every pending publish: the connection closed,
+// so their acks will never come.
+func (p *pendingSends) failAll() {
+	p.mu.Lock()
+	all := p.m
+	p.m = make(map[*natsgo.Msg]*pendingSend)
+	p.mu.Unlock()
+	for m, s := range all {
+		for ; s != nil; s = s.next {
+			s.op.End(s.ctx, fmt.Errorf("nats: JetStream async publish to %q: no PubAck before the connection closed: %w",
+				m.Subject, natsgo.ErrConnectionClosed))
+			p.watch.end()
+		}
+	}
 }
 
 func (p *pendingSends) ack(_ jetstream.JetStream, m *natsgo.Msg, ack *jetstream.PubAck) {
@@ -199,9 +318,9 @@ func (j *JetStream) PublishAsync(ctx context.Context, subj string, data []byte, 
 	return j.PublishMsgAsync(ctx, &natsgo.Msg{Subject: subj, Data: data}, opts...)
 }
 
-// PublishMsgAsync is PublishAsync for a prepared message. A future whose
-// ack never arrives keeps its span open; set jetstream.WithPublishAsyncTimeout
-// on the JetStream context to bound that.
+// PublishMsgAsync is PublishAsync for a prepared message. A publish whose
+// ack never comes ends as the JetStream's documentation says: at the ack
+// timeout or when the connection closes.
 func (j *JetStream) PublishMsgAsync(ctx context.Context, m *natsgo.Msg, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
 	ctx, op := j.startSend(ctx, m)
 	if j.pending != nil {
@@ -231,18 +350,45 @@ func (j *JetStream) PublishMsgAsync(ctx context.Context, m *natsgo.Msg, opts ...
 	// The inner future hands its result out once; this one takes it to
 	// end the span and hands it on.
 	tf := &pubAckFuture{inner: f, ok: make(chan *jetstream.PubAck, 1), err: make(chan error, 1)}
-	go func() {
-		select {
-		case ack := <-f.Ok():
-			setAck(op.Span, ack)
-			op.End(ctx, nil)
-			tf.ok <- ack
-		case e := <-f.Err():
-			op.End(ctx, fmt.Errorf("nats: JetStream async publish to %q: %w", m.Subject, e))
-			tf.err <- e
-		}
-	}()
+	j.watch.begin()
+	go j.relay(ctx, op, m.Subject, f, tf)
 	return tf, nil
+}
+
+// relay waits for f's outcome, bounded by the ack timeout and the
+// connection's close, ends the span with it and hands it on to tf.
+func (j *JetStream) relay(ctx context.Context, op msgtrace.Op, subj string, f jetstream.PubAckFuture, tf *pubAckFuture) {
+	defer j.watch.end()
+	timer := time.NewTimer(j.ackTimeout)
+	defer timer.Stop()
+	var ack *jetstream.PubAck
+	var err, gaveUp error
+	select {
+	case ack = <-f.Ok():
+	case err = <-f.Err():
+	case <-timer.C:
+		gaveUp = fmt.Errorf("no PubAck within %v: %w", j.ackTimeout, jetstream.ErrAsyncPublishTimeout)
+	case <-j.watch.closed:
+		gaveUp = fmt.Errorf("no PubAck before the connection closed: %w", natsgo.ErrConnectionClosed)
+	}
+	if gaveUp != nil {
+		// An outcome that arrived together with the timeout or the close
+		// wins over giving up.
+		select {
+		case ack = <-f.Ok():
+		case err = <-f.Err():
+		default:
+			err = gaveUp
+		}
+	}
+	if err != nil {
+		op.End(ctx, fmt.Errorf("nats: JetStream async publish to %q: %w", subj, err))
+		tf.err <- err
+		return
+	}
+	setAck(op.Span, ack)
+	op.End(ctx, nil)
+	tf.ok <- ack
 }
 
 type pubAckFuture struct {

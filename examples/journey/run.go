@@ -102,13 +102,14 @@ func run(ctx context.Context) error {
 		return err
 	}
 	defer edge.Close()
-	session := carrier.NewSessionID()
+	// A new client sends no session: the edge starts one and answers
+	// with it (an untrusted edge accepts only sessions it issued).
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+edge.Addr+"/checkout", strings.NewReader(`{"total":42.5}`))
-	req.Header.Set(carrier.DefaultSessionHeader, session)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return fmt.Errorf("checkout request: %w", err)
 	}
+	session := resp.Header.Get(carrier.DefaultSessionHeader)
 	var accepted struct{ TraceID string }
 	_ = json.NewDecoder(resp.Body).Decode(&accepted)
 	resp.Body.Close()

@@ -418,3 +418,23 @@ func TestMiddlewareConcurrentClientsKeepTheirSessions(t *testing.T) {
 		}
 	}
 }
+
+// TestMiddlewareCountsRejectedSessions: a rejected session is counted in
+// the dropped-content metric (malformed as invalid, unverified as
+// untrusted), as the README says; a request without one counts nothing.
+func TestMiddlewareCountsRejectedSessions(t *testing.T) {
+	prop, drops := newProp(t, carrier.WithTrust(carrier.Untrusted))
+	rig := newEdgeRig(t, carrier.WithPropagator(prop), carrier.WithSessionCookie("sid"))
+	rig.issue(t)
+	if got := drops.counts(t); len(got) != 0 {
+		t.Fatalf("a request without a session counted drops: %v", got)
+	}
+	req := httptest.NewRequest("GET", "/", nil)
+	req.Header.Set("X-Session-ID", carrier.NewSessionID()) // unissued
+	req.Header.Add("Cookie", "sid=a/b")                    // a separator: no session ID
+	rig.do(t, req)
+	want := map[string]int64{"session-id/untrusted": 1, "session-id/invalid": 1}
+	if got := drops.counts(t); !equalCounts(got, want) {
+		t.Fatalf("drops %v, want %v", got, want)
+	}
+}

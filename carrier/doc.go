@@ -22,6 +22,9 @@
 // headers.
 //
 // Around the propagator: Middleware is the HTTP edge that starts or
-// continues a session; SessionSpanProcessor stamps session.id on every span;
-// LogHandler adds trace_id, span_id and session.id to slog records.
+// continues a session, read from exactly the sources it is configured with
+// and, by default, accepted only if the edge issued it (SessionSigner);
+// SessionSpanProcessor stamps session.id on every span; LogHandler adds
+// trace_id, span_id and session.id to slog records, without control
+// characters.
 package carrier

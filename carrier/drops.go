@@ -7,6 +7,8 @@ import (
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+
+	"github.com/tracebridge/tracebridge/internal/logsafe"
 )
 
 // dropReason says why part of the incoming or outgoing context was dropped.
@@ -56,7 +58,9 @@ type drops struct {
 }
 
 func newDrops(mp metric.MeterProvider, logger *slog.Logger) *drops {
-	d := &drops{logger: logger}
+	// The log names only the header and the reason, never header content;
+	// the safe logger keeps it so if that ever changes.
+	d := &drops{logger: logsafe.Logger(logger)}
 	c, err := mp.Meter(scope).Int64Counter(DroppedMetric,
 		metric.WithDescription("Header content dropped by tracebridge propagation: malformed, over a limit, or refused by policy."),
 		metric.WithUnit("{item}"))

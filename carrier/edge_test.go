@@ -36,11 +36,16 @@ func serve(t *testing.T, h http.Handler, req *http.Request) *httptest.ResponseRe
 
 func TestMiddlewareKeepsIncomingSession(t *testing.T) {
 	tp, rec := newTP(t)
-	id := carrier.NewSessionID()
 	var seen string
 	h := carrier.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		seen = carrier.SessionFromContext(r.Context())
 	}), carrier.WithEdgeTracerProvider(tp))
+	// The untrusted edge keeps a session it issued itself.
+	first := serve(t, h, httptest.NewRequest("GET", "/", nil))
+	id := first.Header().Get("X-Session-ID")
+	if id == "" || id != seen {
+		t.Fatalf("first response session %q, handler saw %q", id, seen)
+	}
 	req := httptest.NewRequest("GET", "/checkout", nil)
 	req.Header.Set("X-Session-ID", id)
 	w := serve(t, h, req)
@@ -51,10 +56,10 @@ func TestMiddlewareKeepsIncomingSession(t *testing.T) {
 		t.Fatalf("response session header %q, want %q", got, id)
 	}
 	spans := rec.Ended()
-	if len(spans) != 1 || spans[0].SpanKind() != trace.SpanKindServer {
-		t.Fatalf("want one server span, got %d", len(spans))
+	if len(spans) != 2 || spans[1].SpanKind() != trace.SpanKindServer {
+		t.Fatalf("want two server spans, got %d", len(spans))
 	}
-	for _, e := range spans[0].Events() {
+	for _, e := range spans[1].Events() {
 		if e.Name == "session.start" {
 			t.Fatal("an existing session must not emit session.start")
 		}
@@ -70,8 +75,8 @@ func TestMiddlewareStartsSessionAndEmitsEvent(t *testing.T) {
 	req := httptest.NewRequest("GET", "/", nil)
 	req.Header.Set("X-Session-ID", "not a uuid\x01") // rejected by the untrusted edge
 	w := serve(t, h, req)
-	if !carrier.IsUUID(seen) {
-		t.Fatalf("new session %q is not a UUID", seen)
+	if carrier.ValidateSessionID(seen) != nil {
+		t.Fatalf("new session %q is not a valid session ID", seen)
 	}
 	if w.Header().Get("X-Session-ID") != seen {
 		t.Fatalf("response header %q, want %q", w.Header().Get("X-Session-ID"), seen)
@@ -92,7 +97,8 @@ func TestMiddlewareStartsSessionAndEmitsEvent(t *testing.T) {
 }
 
 func TestMiddlewareSessionFromCookieAndQuery(t *testing.T) {
-	id := carrier.NewSessionID()
+	signer := testSigner(t)
+	id := signer.NewID()
 	for name, mod := range map[string]func(*http.Request){
 		"cookie": func(r *http.Request) { r.AddCookie(&http.Cookie{Name: "sid", Value: id}) },
 		"query":  func(r *http.Request) { r.URL.RawQuery = "session=" + id },
@@ -101,7 +107,7 @@ func TestMiddlewareSessionFromCookieAndQuery(t *testing.T) {
 			var seen string
 			h := carrier.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				seen = carrier.SessionFromContext(r.Context())
-			}), carrier.WithSessionCookie("sid"), carrier.WithSessionQuery("session"))
+			}), carrier.WithSessionCookie("sid"), carrier.WithSessionQuery("session"), carrier.WithSessionSigner(signer))
 			req := httptest.NewRequest("GET", "/", nil)
 			mod(req)
 			serve(t, h, req)
@@ -239,4 +245,14 @@ func TestLogHandlerAddsJourney(t *testing.T) {
 	if strings.Contains(lines[2], "trace_id") || strings.Contains(lines[2], "session.id") {
 		t.Fatalf("line without context got journey attributes: %s", lines[2])
 	}
+}
+
+// testSigner returns a SessionSigner with a fixed test key.
+func testSigner(t testing.TB) *carrier.SessionSigner {
+	t.Helper()
+	s, err := carrier.NewSessionSigner([]byte("0123456789abcdef0123456789abcdef"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }

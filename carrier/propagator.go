@@ -11,6 +11,8 @@ import (
 	"go.opentelemetry.io/otel/baggage"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/tracebridge/tracebridge/internal/logsafe"
 )
 
 // ByteCarrier is implemented by carriers that keep header values as bytes in
@@ -875,8 +877,9 @@ func (p *Propagator) InjectDeadLetter(c propagation.TextMapCarrier, d DeadLetter
 // ExtractDeadLetter reads the dead-letter-* headers; ok is false when the
 // message carries none.
 func (p *Propagator) ExtractDeadLetter(c propagation.TextMapCarrier) (d DeadLetter, ok bool) {
-	d.Reason = c.Get(p.cfg.names.DeadLetterReason)
-	d.Source = c.Get(p.cfg.names.DeadLetterSource)
+	// Whoever inspects dead letters logs these: one safe line, whoever wrote them.
+	d.Reason = oneLine(c.Get(p.cfg.names.DeadLetterReason), maxReasonLen)
+	d.Source = oneLine(c.Get(p.cfg.names.DeadLetterSource), maxReasonLen)
 	d.Attempts, _ = strconv.Atoi(c.Get(p.cfg.names.DeadLetterAttempts))
 	return d, d.Reason != "" || d.Source != "" || d.Attempts != 0
 }
@@ -892,7 +895,7 @@ func oneLine(s string, limit int) string {
 		}
 	}
 	return strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f {
+		if logsafe.Unsafe(r) {
 			return ' '
 		}
 		return r

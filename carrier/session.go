@@ -2,7 +2,14 @@ package carrier
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/google/uuid"
 	"go.opentelemetry.io/otel/baggage"
@@ -126,4 +133,98 @@ func IsUUID(id string) bool {
 		}
 	}
 	return true
+}
+
+// MinSessionKeyLen is the shortest key NewSessionSigner accepts: 16 bytes,
+// 128 bits. Use 32 random bytes.
+const MinSessionKeyLen = 16
+
+// sessionMACLen is how many bytes of the HMAC-SHA256 a signed session ID
+// carries, and sessionMACChars their unpadded base64url length.
+const (
+	sessionMACLen   = 16
+	sessionMACChars = 22
+)
+
+// sessionMACContext separates session MACs from anything else computed
+// with the same key, so a MAC made for another purpose never verifies as a
+// session.
+const sessionMACContext = "tracebridge session v1\x00"
+
+// SessionSigner issues session IDs that carry a MAC, and verifies them, so
+// that an HTTP edge accepts a client's session only if this system issued
+// it (see WithSessionSigner). A made-up or guessed ID, another user's UUID,
+// a truncated or altered ID: none verifies. What it cannot tell is who
+// holds a session that this system did issue; bind a session to a user
+// with WithSessionVerifier. Give every instance of the edge, and any
+// service that issues sessions (a login service), the same key. A
+// SessionSigner is safe for concurrent use.
+type SessionSigner struct {
+	keys [][]byte // keys[0] signs; every key verifies
+}
+
+// NewSessionSigner returns a signer that signs with key and also accepts
+// sessions signed with the previous keys, so the key can be rotated without
+// ending every session: sign with the new key, keep the old one in previous
+// for as long as its sessions should live. Every key must be at least
+// MinSessionKeyLen bytes; the keys are copied.
+func NewSessionSigner(key []byte, previous ...[]byte) (*SessionSigner, error) {
+	s := &SessionSigner{}
+	for i, k := range append([][]byte{key}, previous...) {
+		if len(k) < MinSessionKeyLen {
+			return nil, fmt.Errorf("carrier: session key %d is %d bytes, want at least %d", i, len(k), MinSessionKeyLen)
+		}
+		s.keys = append(s.keys, slices.Clone(k))
+	}
+	return s, nil
+}
+
+// newProcessSigner returns a signer with a random key that only this
+// process knows: the untrusted edge's default (see Middleware).
+func newProcessSigner() *SessionSigner {
+	key := make([]byte, 32)
+	_, _ = rand.Read(key) // crypto/rand.Read never fails; it crashes the program if the system's source does
+	return &SessionSigner{keys: [][]byte{key}}
+}
+
+// NewID returns a new session ID: a UUIDv7 (NewSessionID), a dot, and the
+// first 16 bytes of its HMAC-SHA256 under the signing key in unpadded
+// base64url, 59 bytes in all. Every character of it is a token character,
+// as a session ID requires (base64url, unlike base64, has no '/' or '='),
+// and also valid in an Authorization: Bearer token (RFC 6750).
+func (s *SessionSigner) NewID() string {
+	random := NewSessionID()
+	var mac [sessionMACChars]byte
+	sessionMAC(s.keys[0], random, &mac)
+	return random + "." + string(mac[:])
+}
+
+// Verify reports whether id is a session ID that s issued, with its signing
+// key or a previous one. The comparison takes the same time wherever a
+// forged MAC differs.
+func (s *SessionSigner) Verify(id string) bool {
+	if !validSession(id) {
+		return false
+	}
+	dot := strings.LastIndexByte(id, '.')
+	if dot <= 0 || len(id)-dot-1 != sessionMACChars {
+		return false
+	}
+	var got, want [sessionMACChars]byte
+	copy(got[:], id[dot+1:])
+	ok := 0
+	for _, k := range s.keys {
+		sessionMAC(k, id[:dot], &want)
+		ok |= subtle.ConstantTimeCompare(got[:], want[:])
+	}
+	return ok == 1
+}
+
+// sessionMAC writes the encoded MAC of random under key into out.
+func sessionMAC(key []byte, random string, out *[sessionMACChars]byte) {
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte(sessionMACContext))
+	m.Write([]byte(random))
+	var sum [sha256.Size]byte
+	base64.RawURLEncoding.Encode(out[:], m.Sum(sum[:0])[:sessionMACLen])
 }

@@ -7,6 +7,8 @@ import (
 
 	"go.opentelemetry.io/otel/baggage"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/tracebridge/tracebridge/internal/logsafe"
 )
 
 // Log attribute keys the LogHandler adds.
@@ -20,9 +22,17 @@ const (
 // context: trace_id, span_id, session.id and allow-listed baggage (as
 // baggage.<key>). With it, grep for a session ID finds every log line of
 // the journey, in every process.
+//
+// What it adds can come from outside the system (a baggage value is
+// whatever a caller percent-encoded), so it never writes a control
+// character: C0 controls, DEL, C1 controls, U+2028 and U+2029, and bytes
+// that are not UTF-8, are replaced by U+FFFD. slog's own handlers do not
+// escape all of them. The record's other attributes are the caller's and
+// pass unchanged.
 type LogHandler struct {
 	next    slog.Handler
-	baggage []string
+	baggage []string // the baggage keys to log
+	keys    []string // their attribute keys: "baggage." and the key, made safe
 }
 
 var _ slog.Handler = (*LogHandler)(nil)
@@ -31,7 +41,11 @@ var _ slog.Handler = (*LogHandler)(nil)
 // too; keep the list short and free of personal data, since every line
 // carries it.
 func NewLogHandler(next slog.Handler, baggageKeys ...string) *LogHandler {
-	return &LogHandler{next: next, baggage: slices.Clone(baggageKeys)}
+	h := &LogHandler{next: next, baggage: slices.Clone(baggageKeys), keys: make([]string, len(baggageKeys))}
+	for i, k := range baggageKeys {
+		h.keys[i] = logsafe.String("baggage." + k)
+	}
+	return h
 }
 
 // Enabled defers to the wrapped handler.
@@ -54,13 +68,13 @@ func (h *LogHandler) Handle(ctx context.Context, r slog.Record) error {
 		r.AddAttrs(slog.String(LogTraceID, sc.TraceID().String()), slog.String(LogSpanID, sc.SpanID().String()))
 	}
 	if sess != "" {
-		r.AddAttrs(slog.String(LogSessionID, sess))
+		r.AddAttrs(slog.String(LogSessionID, logsafe.String(sess)))
 	}
 	if len(h.baggage) > 0 {
 		b := baggage.FromContext(ctx)
-		for _, k := range h.baggage {
+		for i, k := range h.baggage {
 			if m := b.Member(k); m.Key() != "" {
-				r.AddAttrs(slog.String("baggage."+k, m.Value()))
+				r.AddAttrs(slog.String(h.keys[i], logsafe.String(m.Value())))
 			}
 		}
 	}
@@ -69,10 +83,10 @@ func (h *LogHandler) Handle(ctx context.Context, r slog.Record) error {
 
 // WithAttrs wraps the wrapped handler's WithAttrs.
 func (h *LogHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
-	return &LogHandler{next: h.next.WithAttrs(attrs), baggage: h.baggage}
+	return &LogHandler{next: h.next.WithAttrs(attrs), baggage: h.baggage, keys: h.keys}
 }
 
 // WithGroup wraps the wrapped handler's WithGroup.
 func (h *LogHandler) WithGroup(name string) slog.Handler {
-	return &LogHandler{next: h.next.WithGroup(name), baggage: h.baggage}
+	return &LogHandler{next: h.next.WithGroup(name), baggage: h.baggage, keys: h.keys}
 }

@@ -58,6 +58,7 @@ type order struct {
 type demo struct {
 	tel     *telemetry
 	session string // this run's session: what keeps runs apart
+	signer  *carrier.SessionSigner
 	kafkaW  *kafka.Writer
 	pub     *amqp.Publisher // nil without RabbitMQ
 	js      *tnats.JetStream
@@ -82,7 +83,12 @@ func run(ctx context.Context, out io.Writer) (err error) {
 			err = ferr
 		}
 	}()
-	d := &demo{tel: tel, session: carrier.NewSessionID(), done: make(chan struct{})}
+	// A real edge keeps its key in configuration, shared by its instances.
+	signer, err := carrier.NewSessionSigner([]byte("tracebridge journey demo edge key"))
+	if err != nil {
+		return err
+	}
+	d := &demo{tel: tel, signer: signer, session: signer.NewID(), done: make(chan struct{})}
 
 	fmt.Fprintln(out, "tracebridge journey demo: HTTP → Kafka → RabbitMQ → NATS JetStream → background job")
 	fmt.Fprintln(out)
@@ -130,17 +136,23 @@ func run(ctx context.Context, out io.Writer) (err error) {
 		return err
 	}
 	defer edge.Close()
+	// The client continues a session this edge issued earlier (the demo
+	// mints it with the edge's key): an untrusted edge accepts no other.
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+edge.Addr+"/checkout", strings.NewReader(`{"total":42.5}`))
 	req.Header.Set(carrier.DefaultSessionHeader, d.session)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return fmt.Errorf("checkout request: %w", err)
 	}
+	session := resp.Header.Get(carrier.DefaultSessionHeader)
 	var accepted struct{ TraceID string }
 	_ = json.NewDecoder(resp.Body).Decode(&accepted)
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusAccepted {
 		return fmt.Errorf("checkout request: status %s", resp.Status)
+	}
+	if session != d.session {
+		return fmt.Errorf("checkout request: the edge answered session %q, want the client's %q", session, d.session)
 	}
 
 	select {
@@ -236,7 +248,7 @@ func (d *demo) serveHTTP() (*http.Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen for the HTTP edge: %w", err)
 	}
-	srv := &http.Server{Addr: ln.Addr().String(), Handler: carrier.Middleware(mux, carrier.WithEdgeTracerProvider(tp)),
+	srv := &http.Server{Addr: ln.Addr().String(), Handler: carrier.Middleware(mux, carrier.WithEdgeTracerProvider(tp), carrier.WithSessionSigner(d.signer)),
 		ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	return srv, nil

@@ -15,6 +15,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tracebridge/tracebridge/carrier"
+	"github.com/tracebridge/tracebridge/internal/logsafe"
 )
 
 // ParentPolicy chooses how a process span relates to the creation context.
@@ -85,6 +86,10 @@ func NewConfig(opts []Option) Config {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	// What the components log (message and job IDs, destinations, error
+	// texts) can come from message headers: no control character of it
+	// may reach the log line, whatever handler the user configured.
+	c.Logger = logsafe.Logger(c.Logger)
 	if c.MaxAttempts < 1 {
 		c.MaxAttempts = 1
 	}

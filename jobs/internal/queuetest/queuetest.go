@@ -82,7 +82,7 @@ func Child(t *testing.T, b Broker) bool {
 		return false
 	}
 	tel := testenv.NewTelemetry(t)
-	q, registered := gate(b.Open(t, os.Getenv(envName)))
+	q, registered := Gate(b.Open(t, os.Getenv(envName)))
 	r := jobs.New(jobs.Config{Queue: q, Timeout: -1},
 		tracebridge.WithTracerProvider(tel.TracerProvider), tracebridge.WithConcurrency(1))
 	var mu sync.Mutex
@@ -198,11 +198,11 @@ func (w *worker) next(t *testing.T, within time.Duration) record {
 	return record{}
 }
 
-// gate holds q's Pop until open is called. A runner's workers start in
+// Gate holds q's Pop until open is called. A runner's workers start in
 // jobs.New, before its kinds are registered, so a worker on a broker that
 // already holds jobs could take one first and give it up as of an unknown
 // kind; a test opens the gate once its kinds are registered.
-func gate(q jobs.Queue) (gated jobs.Queue, open func()) {
+func Gate(q jobs.Queue) (gated jobs.Queue, open func()) {
 	g := gatedQueue{Queue: q, open: make(chan struct{})}
 	var once sync.Once
 	return g, func() { once.Do(func() { close(g.open) }) }
@@ -335,7 +335,7 @@ func killedWorker(t *testing.T, b Broker, name string) {
 	}
 
 	wtel := testenv.NewTelemetry(t)
-	wq, registered := gate(b.Open(t, name))
+	wq, registered := Gate(b.Open(t, name))
 	wr := jobs.New(jobs.Config{Queue: wq}, tracebridge.WithTracerProvider(wtel.TracerProvider))
 	done := make(chan *jobs.Job, 10)
 	handler := func(ctx context.Context, j *jobs.Job) error {
@@ -531,7 +531,7 @@ func shutdownHandsBack(t *testing.T, b Broker, name string) {
 		t.Fatalf("shutdown past its deadline: %d reported (%+v), %v; want none reported and DeadlineExceeded", len(unrun), unrun, err)
 	}
 
-	wq, registered := gate(b.Open(t, name))
+	wq, registered := Gate(b.Open(t, name))
 	w := jobs.New(jobs.Config{Queue: wq})
 	ran := make(chan string, 4)
 	for _, k := range []string{"honour", "ignore"} {

@@ -29,8 +29,10 @@
 // The runner's workers are bounded (tracebridge.WithConcurrency) and so is
 // the default in-memory queue (Config.QueueSize); Enqueue waits for room or
 // fails fast with ErrQueueFull (Config.FailFast). Shutdown stops intake,
-// drains, and at its deadline cancels what runs and returns every job that
-// did not finish.
+// drains, and at its deadline cancels what runs; every accepted job then
+// either ran to completion or did not run, never both: Shutdown returns
+// those that did not run, or, with a broker-backed queue, leaves them with
+// the broker to be delivered again.
 //
 // Go runs fire-and-forget work that keeps the journey, drops the caller's
 // cancellation, recovers panics, and is waited for by Shutdown.

@@ -92,11 +92,18 @@ func (e *Envelope) clone() *Envelope {
 }
 
 // Unrun is a job that Shutdown could not finish, returned so that nothing
-// is dropped silently: re-enqueue it, persist it or log it.
+// is dropped silently: re-enqueue it, persist it or log it. Its Envelope is
+// the attempt that did not run to completion (Attempt is its number).
 type Unrun struct {
 	Envelope
 	// Interrupted is true for a job whose attempt was running when
 	// Shutdown's deadline cancelled it; false for one that was waiting in
 	// the queue (never started, or waiting for a retry).
 	Interrupted bool
+	// Abandoned is true for an interrupted job whose handler had still not
+	// returned when Shutdown returned. The runner ignores whatever that
+	// handler returns later (no retry, no dead-job handler), but the
+	// handler itself may still finish its work: re-enqueue such a job only
+	// if running it twice is harmless.
+	Abandoned bool
 }

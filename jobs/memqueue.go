@@ -103,7 +103,8 @@ func (q *MemoryQueue) addLocked(e *Envelope) {
 	q.broadcast()
 }
 
-// Pop takes the oldest due job, waiting for one until ctx ends.
+// Pop takes the oldest due job, waiting for one until ctx ends. Once ctx
+// has ended it takes none, so a stopped worker leaves the rest to Drain.
 func (q *MemoryQueue) Pop(ctx context.Context) (*Envelope, error) {
 	var timer *time.Timer
 	defer func() {
@@ -112,6 +113,9 @@ func (q *MemoryQueue) Pop(ctx context.Context) (*Envelope, error) {
 		}
 	}()
 	for {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
 		q.mu.Lock()
 		now := time.Now()
 		for len(q.delayed) > 0 && !now.Before(q.delayed[0].NotBefore) {

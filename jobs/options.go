@@ -27,8 +27,8 @@ type Config struct {
 	// its own. Zero means 5 minutes; negative means no timeout.
 	Timeout time.Duration
 	// ShutdownGrace is how long Shutdown waits, after cancelling what
-	// still runs at its deadline, for handlers to return before it reports
-	// them as interrupted. Zero means one second.
+	// still runs at its deadline, for handlers to return before it
+	// abandons them (see Runner.Shutdown). Zero means one second.
 	ShutdownGrace time.Duration
 }
 

@@ -35,7 +35,9 @@ type Queue interface {
 	// otherwise. A queue that cannot be full ignores block.
 	Push(ctx context.Context, e *Envelope, block bool) error
 	// Pop returns the next job whose NotBefore has passed, waiting until
-	// there is one or ctx ends (then it returns ctx's error).
+	// there is one or ctx ends (then it returns ctx's error). It must
+	// return promptly once ctx ends: Shutdown waits for the Pop calls of
+	// an in-process queue before it takes its report.
 	Pop(ctx context.Context) (*Envelope, error)
 	// Ack settles a popped job that is finished: it succeeded or is dead.
 	Ack(ctx context.Context, e *Envelope) error
@@ -47,10 +49,15 @@ type Queue interface {
 	// an attempt rather than losing the job. An error means the job can
 	// be neither retried nor handed back, and the runner gives it up as
 	// dead; a queue that could only hand prev back to its broker (the
-	// attempt runs again with the same number) returns nil.
+	// attempt runs again with the same number) returns nil. An in-process
+	// queue's Retry must not block at all: Shutdown waits for it before
+	// Drain, so the retry is reported rather than lost.
 	Retry(ctx context.Context, prev, next *Envelope) error
-	// Release hands back a popped job whose attempt was interrupted, so it
-	// is delivered again later (to this process or another).
+	// Release hands back a popped job that did not run to completion (its
+	// attempt was interrupted or abandoned at Shutdown's deadline, or it was
+	// delivered as Shutdown began), so a broker delivers it again later, to
+	// this process or another. An in-process queue, whose unfinished jobs
+	// Shutdown reports, does nothing.
 	Release(ctx context.Context, e *Envelope) error
 	// Drain removes and returns the jobs this queue holds in this process
 	// and that no worker has taken, for Shutdown to report. A broker-backed

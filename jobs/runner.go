@@ -29,8 +29,9 @@ const (
 	// DuplicateKey marks the send span of a job that matched a pending
 	// unique job: "dropped" or "merged".
 	DuplicateKey = attribute.Key("tracebridge.job.duplicate")
-	// InterruptedKey marks an attempt that Shutdown's deadline cancelled;
-	// the job is in Shutdown's report.
+	// InterruptedKey marks an attempt that Shutdown's deadline cancelled
+	// or abandoned; the job is in Shutdown's report, or, with a
+	// broker-backed queue, back with the broker.
 	InterruptedKey = attribute.Key("tracebridge.job.interrupted")
 	// TaskKey is the name given to Go, on the task's span.
 	TaskKey = attribute.Key("tracebridge.task.name")
@@ -53,17 +54,23 @@ type Runner struct {
 	remote bool // q's jobs live with a broker, not in this process
 	base   settings
 
-	mu          sync.Mutex
-	kinds       map[string]*kind
-	unique      map[string]*Envelope // pending unique jobs by kind+key
+	mu     sync.Mutex
+	kinds  map[string]*kind
+	unique map[string]*Envelope // pending unique jobs by kind+key
+	// inflight holds the jobs whose handler runs. A worker removes its job
+	// when the handler returns, and so claims the right to record the
+	// outcome; Shutdown empties it when it takes its report, so a handler
+	// that returns later finds its job gone and records nothing.
 	inflight    map[*Envelope]struct{}
 	outstanding int // jobs enqueued and not finished, plus running Go tasks
 	closing     bool
 	idle        chan struct{} // closed once closing and outstanding == 0
-	unrun       []Unrun       // jobs stopped by Shutdown's deadline
-	reported    bool          // Shutdown has returned its report
+	unrun       []Unrun       // jobs stopped by Shutdown's deadline, for its report
+	noPop       bool          // workers take no more jobs; set before stopPop
 
 	pushing       sync.WaitGroup // Enqueues between the closing check and their push
+	popping       sync.WaitGroup // workers between Pop and taking (or reporting) its job
+	retrying      sync.WaitGroup // in-process retries between their claim and q.Retry
 	workers       sync.WaitGroup
 	tasks         sync.WaitGroup
 	nInflight     atomic.Int64
@@ -284,21 +291,76 @@ func (r *Runner) finish() {
 func (r *Runner) work() {
 	defer r.workers.Done()
 	for {
-		e, err := r.q.Pop(r.pop)
-		if err != nil {
-			if r.pop.Err() == nil {
-				// A broker queue's transient failure: do not spin on it.
-				r.t.Logger.Error("jobs: pop", "queue", r.q.Name(), "error", err)
-				select {
-				case <-time.After(100 * time.Millisecond):
-				case <-r.pop.Done():
-				}
-				continue
-			}
+		e, k, ok := r.next()
+		if !ok {
 			return
 		}
-		r.run(e)
+		r.run(e, k)
 	}
+}
+
+// next pops the next job this worker may run, with its kind, or reports
+// false once the workers must stop. A job popped as Shutdown stops the
+// workers is handed back or reported by take, never dropped: Shutdown
+// waits for every worker between Pop and take before it reports.
+func (r *Runner) next() (*Envelope, *kind, bool) {
+	for {
+		r.mu.Lock()
+		if r.noPop {
+			r.mu.Unlock()
+			return nil, nil, false
+		}
+		r.popping.Add(1)
+		r.mu.Unlock()
+		e, err := r.q.Pop(r.pop)
+		if err == nil {
+			k, run := r.take(e)
+			r.popping.Done()
+			if run {
+				return e, k, true
+			}
+			continue
+		}
+		r.popping.Done()
+		if r.pop.Err() != nil {
+			return nil, nil, false
+		}
+		// A broker queue's transient failure: do not spin on it.
+		r.t.Logger.Error("jobs: pop", "queue", r.q.Name(), "error", err)
+		select {
+		case <-time.After(100 * time.Millisecond):
+		case <-r.pop.Done():
+		}
+	}
+}
+
+// take registers a popped job as running and returns its kind, or reports
+// false for a job that must not start: one a broker queue delivered as
+// Shutdown began (handed back to the broker), or one an in-process queue
+// delivered at Shutdown's deadline (reported, as if it were still queued).
+func (r *Runner) take(e *Envelope) (*kind, bool) {
+	r.mu.Lock()
+	if e.uniqueKey != "" && r.unique[e.uniqueKey] == e {
+		delete(r.unique, e.uniqueKey)
+	}
+	switch {
+	case r.remote && r.closing:
+		r.mu.Unlock()
+		_ = r.q.Release(context.Background(), e)
+		return nil, false
+	case !r.remote && r.hard.Err() != nil:
+		r.unrun = append(r.unrun, Unrun{Envelope: *e})
+		r.finishLocked()
+		r.mu.Unlock()
+		return nil, false
+	}
+	if r.remote {
+		r.outstanding++ // it is this process's job until settled
+	}
+	r.inflight[e] = struct{}{}
+	k := r.kinds[e.Kind]
+	r.mu.Unlock()
+	return k, true
 }
 
 // resolve merges the worker's kind settings with the job's own overrides.
@@ -315,30 +377,7 @@ func (e *Envelope) resolve(s settings) settings {
 	return s
 }
 
-func (r *Runner) run(e *Envelope) {
-	r.mu.Lock()
-	if r.remote {
-		if r.closing { // popped as Shutdown began: safer with the broker
-			r.mu.Unlock()
-			_ = r.q.Release(context.Background(), e)
-			return
-		}
-		r.outstanding++ // it is this process's job until settled
-	}
-	if e.uniqueKey != "" && r.unique[e.uniqueKey] == e {
-		delete(r.unique, e.uniqueKey)
-	}
-	if r.hard.Err() != nil {
-		if !r.reported {
-			r.unrun = append(r.unrun, Unrun{Envelope: *e})
-		}
-		r.mu.Unlock()
-		_ = r.q.Release(context.Background(), e)
-		return
-	}
-	r.inflight[e] = struct{}{}
-	k := r.kinds[e.Kind]
-	r.mu.Unlock()
+func (r *Runner) run(e *Envelope, k *kind) {
 	r.nInflight.Add(1)
 	defer r.nInflight.Add(-1)
 
@@ -368,53 +407,90 @@ func (r *Runner) run(e *Envelope) {
 	r.settle(ctx, proc, e, job, set, err)
 }
 
-// settle ends the attempt and decides the job's fate: done, retried, dead,
-// or (at Shutdown's deadline) interrupted and reported.
-func (r *Runner) settle(ctx context.Context, proc *msgtrace.Process, e *Envelope, job *Job, set settings, err error) {
-	bg := context.WithoutCancel(ctx) // settling must not fail because the job's ctx ended
-	if err != nil && r.hard.Err() != nil {
-		proc.Span.SetAttributes(InterruptedKey.Bool(true))
-		proc.End(bg, err, false)
-		r.mu.Lock()
-		delete(r.inflight, e)
-		reported := r.reported
-		if !reported {
-			r.unrun = append(r.unrun, Unrun{Envelope: *e, Interrupted: true})
-			r.finishLocked()
-		}
-		r.mu.Unlock()
-		if !reported {
-			_ = r.q.Release(bg, e)
-		}
-		return
+// outcome is what settle decided for an attempt, under r.mu.
+type outcome int
+
+const (
+	abandoned   outcome = iota // Shutdown reported it while the handler ran
+	interrupted                // failed after Shutdown's deadline: reported or handed back
+	succeeded
+	retried
+	dead
+)
+
+// claim removes e from inflight and decides its outcome, so that the
+// decision and Shutdown's report never disagree: once Shutdown took its
+// report, every claim finds its job gone.
+func (r *Runner) claim(e *Envelope, err error, final bool) outcome {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, mine := r.inflight[e]; !mine {
+		return abandoned
 	}
-	final, delay := msgtrace.Decide(err, e.Attempt, set.maxAttempts, set.backoff)
-	var settleErr error
+	delete(r.inflight, e)
 	switch {
 	case err == nil:
+		return succeeded
+	case r.hard.Err() != nil && !msgtrace.IsPermanent(err):
+		// The failure may be the cancellation itself, so the attempt did
+		// not run to completion: reported, not retried or declared dead.
+		if !r.remote {
+			r.unrun = append(r.unrun, Unrun{Envelope: *e, Interrupted: true})
+		}
+		r.finishLocked()
+		return interrupted
+	case final:
+		return dead
+	}
+	if !r.remote {
+		r.retrying.Add(1) // Shutdown drains the queue only after this retry is in it
+	}
+	return retried
+}
+
+// settle ends the attempt and carries out its outcome: done, retried,
+// dead, or (at Shutdown's deadline) interrupted and reported.
+func (r *Runner) settle(ctx context.Context, proc *msgtrace.Process, e *Envelope, job *Job, set settings, err error) {
+	bg := context.WithoutCancel(ctx) // settling must not fail because the job's ctx ended
+	final, delay := msgtrace.Decide(err, e.Attempt, set.maxAttempts, set.backoff)
+	var settleErr error
+	switch r.claim(e, err, final) {
+	case abandoned:
+		// Shutdown has reported this job (or handed it back to its broker)
+		// and returned: whatever the handler did is no longer recorded.
+		proc.Span.SetAttributes(InterruptedKey.Bool(true))
+		proc.End(bg, err, false)
+		return
+	case interrupted:
+		proc.Span.SetAttributes(InterruptedKey.Bool(true))
+		proc.End(bg, err, false)
+		_ = r.q.Release(bg, e)
+		return
+	case succeeded:
 		proc.End(bg, nil, false)
 		settleErr = r.q.Ack(bg, e)
-	case !final:
+	case retried:
 		next := e.clone()
 		next.Attempt++
 		next.NotBefore = time.Now().Add(delay)
 		r.t.Carrier().InjectRetry(propagation.MapCarrier(next.Headers),
 			carrier.Retry{Attempt: next.Attempt, Previous: proc.SpanContext()})
 		proc.End(bg, err, false)
-		if settleErr = r.q.Retry(bg, e, next); settleErr == nil {
-			r.mu.Lock()
-			delete(r.inflight, e)
-			if r.remote && !r.reported {
-				r.finishLocked()
+		settleErr = r.q.Retry(bg, e, next)
+		if !r.remote {
+			r.retrying.Done()
+		}
+		if settleErr == nil {
+			if r.remote {
+				r.finish() // the next attempt is the broker's
 			}
-			r.mu.Unlock()
 			return
 		}
 		// The job cannot be retried, so it is dead now: its handler
 		// sees the journey, outside the attempt span that already ended.
 		r.dead(bg, job, fmt.Errorf("jobs: retry job %s: %w (after %w)", e.ID, settleErr, err))
 		settleErr = r.q.Ack(bg, e)
-	default:
+	case dead:
 		// Inside the final attempt's span, so what the dead-job handler
 		// records is a child of the attempt that failed.
 		r.dead(bg, job, err)
@@ -424,12 +500,7 @@ func (r *Runner) settle(ctx context.Context, proc *msgtrace.Process, e *Envelope
 	if settleErr != nil {
 		r.t.Logger.ErrorContext(bg, "jobs: settle job", "job", e.ID, "kind", e.Kind, "error", settleErr)
 	}
-	r.mu.Lock()
-	delete(r.inflight, e)
-	if !r.reported {
-		r.finishLocked()
-	}
-	r.mu.Unlock()
+	r.finish()
 }
 
 func (r *Runner) dead(ctx context.Context, job *Job, err error) {
@@ -443,11 +514,39 @@ func (r *Runner) dead(ctx context.Context, job *Job, err error) {
 }
 
 // Shutdown stops intake (Enqueue and Go fail with ErrClosed from now on)
-// and waits for queued jobs, retries and Go tasks to finish. If ctx ends
-// first, it cancels what still runs, waits up to Config.ShutdownGrace for
-// handlers to return, and returns every job that did not finish (queued,
-// waiting for a retry, or interrupted) with an error wrapping ctx's.
-// Nothing is dropped silently. Call it once.
+// and waits for queued jobs, retries and Go tasks to finish; with a
+// broker-backed queue (RemoteQueue) it stops taking jobs at once and waits
+// only for those its workers took. It returns nil, nil when all finished.
+//
+// If ctx ends first, Shutdown stops the workers taking jobs, cancels the
+// context of every running handler and Go task, waits up to
+// Config.ShutdownGrace for them to return, and then returns with an error
+// wrapping ctx's. Every job Enqueue accepted is then exactly one of: run to
+// completion (it succeeded, or it is dead: failed permanently or for the
+// last time, and went to the dead-job handler), or left unrun, and never
+// both:
+//
+//   - A handler that returns before the grace ends decides: nil means the
+//     job ran; a permanent error means it is dead; any other error means
+//     it was interrupted (the error may be the cancellation itself), so it
+//     is neither retried nor declared dead but left unrun.
+//   - A handler still running when the grace ends is abandoned: Shutdown
+//     leaves it unrun and returns without it, and ignores what it returns
+//     later (no ack, no retry, no dead-job handler). Go cannot stop a
+//     goroutine, so such a handler may still finish its work; handlers
+//     that honour ctx are never abandoned.
+//
+// What "left unrun" means depends on the queue. With an in-process queue
+// (the default MemoryQueue), whose jobs die with the process, Shutdown
+// returns each unrun job exactly once: still queued or waiting for a retry
+// (Interrupted false), interrupted (Interrupted true), or abandoned
+// (Interrupted and Abandoned true). With a broker-backed queue it returns
+// none: a job no worker here took stays with the broker, and an
+// interrupted or abandoned one is handed back with Queue.Release, so the
+// broker delivers it again, to this process or another; reporting it as
+// well would make a caller who re-enqueues the report run it twice.
+//
+// Call Shutdown once; later calls return ErrClosed.
 func (r *Runner) Shutdown(ctx context.Context) ([]Unrun, error) {
 	r.mu.Lock()
 	if r.closing {
@@ -460,7 +559,7 @@ func (r *Runner) Shutdown(ctx context.Context) ([]Unrun, error) {
 	}
 	r.mu.Unlock()
 	if r.remote {
-		r.stopPop() // the broker keeps what no worker here has taken
+		r.stopTaking() // the broker keeps what no worker here has taken
 	}
 	r.stopIntake()
 	r.pushing.Wait() // pushes end quickly now; after this the queue holds every job
@@ -473,7 +572,7 @@ func (r *Runner) Shutdown(ctx context.Context) ([]Unrun, error) {
 
 	select {
 	case <-r.idle:
-		r.stopPop()
+		r.stopTaking()
 		r.workers.Wait()
 		r.tasks.Wait()
 		r.cancelRunning()
@@ -481,7 +580,10 @@ func (r *Runner) Shutdown(ctx context.Context) ([]Unrun, error) {
 	case <-ctx.Done():
 	}
 
+	// Cancelled first, so a job popped from now on is reported by take
+	// instead of started.
 	r.cancelRunning()
+	r.stopTaking()
 	done := make(chan struct{})
 	go func() {
 		r.workers.Wait()
@@ -494,16 +596,48 @@ func (r *Runner) Shutdown(ctx context.Context) ([]Unrun, error) {
 	case <-grace.C:
 	}
 	grace.Stop()
+	return r.report(ctx)
+}
 
+// stopTaking makes the workers stop popping jobs.
+func (r *Runner) stopTaking() {
 	r.mu.Lock()
-	r.reported = true
+	r.noPop = true
+	r.mu.Unlock()
+	r.stopPop()
+}
+
+// report takes Shutdown's report once its deadline passed and the grace
+// ended: after it, the handlers still running are abandoned.
+func (r *Runner) report(ctx context.Context) ([]Unrun, error) {
+	bg := context.WithoutCancel(ctx)
+	if !r.remote {
+		// A job popped as the deadline passed is in no queue and no
+		// handler: its worker reports it in take. Pop returns at once now
+		// that its ctx ended, so this wait is short.
+		r.popping.Wait()
+	}
+	r.mu.Lock()
 	out := r.unrun
 	r.unrun = nil
-	for e := range r.inflight { // handlers that ignored cancellation
-		out = append(out, Unrun{Envelope: *e, Interrupted: true})
+	abandoned := make([]*Envelope, 0, len(r.inflight))
+	for e := range r.inflight {
+		abandoned = append(abandoned, e)
 	}
+	clear(r.inflight) // from now on every claim finds its job gone
 	r.mu.Unlock()
-	queued, err := r.q.Drain(context.WithoutCancel(ctx))
+
+	if r.remote {
+		for _, e := range abandoned {
+			_ = r.q.Release(bg, e)
+		}
+		return nil, fmt.Errorf("jobs: shutdown: unfinished jobs stay with %s %q: %w", r.q.System(), r.q.Name(), ctx.Err())
+	}
+	for _, e := range abandoned {
+		out = append(out, Unrun{Envelope: *e, Interrupted: true, Abandoned: true})
+	}
+	r.retrying.Wait() // a retry decided before the report is in the queue now
+	queued, err := r.q.Drain(bg)
 	for _, e := range queued {
 		out = append(out, Unrun{Envelope: *e})
 	}

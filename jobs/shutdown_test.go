@@ -3,11 +3,14 @@ package jobs_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 
 	"github.com/tracebridge/tracebridge"
 	"github.com/tracebridge/tracebridge/internal/testenv"
@@ -198,4 +201,158 @@ func TestQueueFull(t *testing.T) {
 			t.Fatalf("%d unrun, want the held job and the 2 queued", len(unrun))
 		}
 	})
+}
+
+// What each way a handler can end at Shutdown's deadline makes of its job
+// (one job, one worker, 3 attempts allowed): exactly one of run to
+// completion or reported, as Shutdown's doc promises, and nothing after
+// the report (no retry, no dead-job handler) for a handler that returns
+// late. Each case checks the outcome, and the ledger audits the rest.
+func TestShutdownHandlerOutcomes(t *testing.T) {
+	errRetry := errors.New("retry me")
+	cases := []struct {
+		name    string
+		attempt int           // the attempt that blocks; earlier ones fail
+		grace   time.Duration // long: the handler returns within it
+		late    bool          // the handler returns only after Shutdown did
+		ret     func(ctx context.Context) error
+		// Outcome: reported (and how), or else dead or succeeded.
+		reported, interrupted, abandoned, dead bool
+	}{
+		{name: "ignores cancellation and succeeds within the grace", attempt: 1, grace: time.Minute,
+			ret: func(context.Context) error { return nil }},
+		{name: "honours cancellation", attempt: 1, grace: time.Minute,
+			ret:      func(ctx context.Context) error { return ctx.Err() },
+			reported: true, interrupted: true},
+		{name: "fails after cancellation on its last attempt", attempt: 3, grace: time.Minute,
+			ret:      func(context.Context) error { return errRetry },
+			reported: true, interrupted: true},
+		{name: "fails permanently after cancellation", attempt: 1, grace: time.Minute,
+			ret:  func(context.Context) error { return tracebridge.Permanent(errRetry) },
+			dead: true},
+		{name: "panics after cancellation", attempt: 1, grace: time.Minute,
+			ret:      func(context.Context) error { panic("late panic") },
+			reported: true, interrupted: true},
+		{name: "succeeds after Shutdown returned", attempt: 1, grace: 20 * time.Millisecond, late: true,
+			ret:      func(context.Context) error { return nil },
+			reported: true, interrupted: true, abandoned: true},
+		{name: "fails after Shutdown returned", attempt: 2, grace: 20 * time.Millisecond, late: true,
+			ret:      func(context.Context) error { return errRetry },
+			reported: true, interrupted: true, abandoned: true},
+		{name: "fails permanently after Shutdown returned", attempt: 1, grace: 20 * time.Millisecond, late: true,
+			ret:      func(context.Context) error { return tracebridge.Permanent(errRetry) },
+			reported: true, interrupted: true, abandoned: true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			leaks := goleak.IgnoreCurrent()
+			l := newLedger()
+			r := jobs.New(jobs.Config{ShutdownGrace: c.grace, Timeout: -1, DeadJob: l.deadJob},
+				tracebridge.WithConcurrency(1), tracebridge.WithRetry(3, time.Millisecond, time.Millisecond))
+			blocked := make(chan struct{})
+			release := make(chan struct{}) // closed after Shutdown returned, for late handlers
+			var returned atomic.Bool
+			_ = r.Register("k", func(ctx context.Context, j *jobs.Job) (err error) {
+				l.start(j)
+				defer func() {
+					p := recover()
+					if p != nil {
+						err = fmt.Errorf("panic: %v", p)
+					}
+					returned.Store(j.Attempt == c.attempt)
+					l.end(j, err)
+					if p != nil {
+						panic(p)
+					}
+				}()
+				if j.Attempt < c.attempt {
+					return errRetry
+				}
+				close(blocked)
+				<-ctx.Done() // Shutdown's deadline
+				if c.late {
+					<-release
+				} else {
+					time.Sleep(20 * time.Millisecond) // still ignoring it
+				}
+				return c.ret(ctx)
+			})
+			if _, err := r.Enqueue(context.Background(), "k", []byte("job")); err != nil {
+				t.Fatal(err)
+			}
+			<-blocked
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+			defer cancel()
+			unrun, err := r.Shutdown(ctx)
+			returnedFirst := returned.Load()
+			close(release)
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("shutdown: %v, want DeadlineExceeded", err)
+			}
+			if c.late == returnedFirst {
+				t.Fatalf("handler returned before Shutdown: %v, want %v", returnedFirst, !c.late)
+			}
+			if err := l.quiesce(5 * time.Second); err != nil {
+				t.Fatal(err)
+			}
+			goleak.VerifyNone(t, leaks) // the late worker has exited too: its outcome is recorded or not by now
+
+			if v, _ := l.audit([]string{"job"}, nil, unrun); len(v) > 0 {
+				t.Fatalf("contract violated: %v (report %+v)", v, unrun)
+			}
+			if got := len(unrun) == 1; got != c.reported {
+				t.Fatalf("reported %d jobs, want reported=%v", len(unrun), c.reported)
+			}
+			if c.reported {
+				u := unrun[0]
+				if u.Interrupted != c.interrupted || u.Abandoned != c.abandoned || u.Attempt != c.attempt {
+					t.Fatalf("reported %+v, want interrupted=%v abandoned=%v attempt=%d", u, c.interrupted, c.abandoned, c.attempt)
+				}
+			}
+			l.mu.Lock()
+			dead := l.jobs["job"].dead
+			l.mu.Unlock()
+			if (dead == 1) != c.dead {
+				t.Fatalf("dead-job handler called %d times, want dead=%v", dead, c.dead)
+			}
+		})
+	}
+}
+
+// Shutdown leaves no goroutine behind once its handlers and Go tasks have
+// returned: workers, the grace timer's watcher, the queue's waiters. Jobs
+// are in flight (blocked until cancelled), queued, delayed and waiting for
+// a retry when the deadline passes.
+func TestShutdownLeavesNoGoroutines(t *testing.T) {
+	leaks := goleak.IgnoreCurrent()
+	r := jobs.New(jobs.Config{QueueSize: 64, ShutdownGrace: 2 * time.Second},
+		tracebridge.WithConcurrency(4), tracebridge.WithRetry(3, time.Minute, time.Minute))
+	var running atomic.Int64
+	_ = r.Register("block", func(ctx context.Context, _ *jobs.Job) error {
+		running.Add(1)
+		<-ctx.Done()
+		return ctx.Err()
+	})
+	_ = r.Register("fail", func(context.Context, *jobs.Job) error { return errors.New("retried in a minute") })
+	for _, kind := range []string{"fail", "block", "block", "block", "block", "block", "block"} {
+		if _, err := r.Enqueue(context.Background(), kind, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := r.Enqueue(context.Background(), "block", nil, jobs.WithDelay(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if err := r.Go(context.Background(), "task", func(ctx context.Context) error { <-ctx.Done(); return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "the workers to block", func() bool { return running.Load() == 4 })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+	defer cancel()
+	unrun, err := r.Shutdown(ctx)
+	if !errors.Is(err, context.DeadlineExceeded) || len(unrun) != 8 {
+		t.Fatalf("shutdown: %d unrun (%v), want all 8 jobs", len(unrun), err)
+	}
+	goleak.VerifyNone(t, leaks)
 }

@@ -44,11 +44,14 @@ type Config struct {
 // safe for concurrent use; Close (which the runner's Shutdown calls)
 // closes its writer and leaves the group.
 type Queue struct {
-	cfg     Config
-	w       *kafkago.Writer
-	dead    *kafkago.Writer     // to cfg.DeadLetter; nil without one
-	headers *carrier.Propagator // names of the dead-letter headers
-	closed  atomic.Bool
+	cfg Config
+	// transport is the writers' own, not kafka-go's shared default, so
+	// that Close can close the connections they leave idle.
+	transport *kafkago.Transport
+	w         *kafkago.Writer
+	dead      *kafkago.Writer     // to cfg.DeadLetter; nil without one
+	headers   *carrier.Propagator // names of the dead-letter headers
+	closed    atomic.Bool
 
 	startOnce sync.Once
 	r         *kafkago.Reader
@@ -75,15 +78,16 @@ func New(cfg Config) (*Queue, error) {
 	if cfg.Group == "" {
 		cfg.Group = "tracebridge-jobs"
 	}
-	q := &Queue{cfg: cfg, w: writer(cfg.Brokers, cfg.Topic), headers: carrier.NewPropagator(), parts: make(map[int]*partition)}
+	q := &Queue{cfg: cfg, transport: &kafkago.Transport{}, headers: carrier.NewPropagator(), parts: make(map[int]*partition)}
+	q.w = q.writer(cfg.Topic)
 	if cfg.DeadLetter != "" {
-		q.dead = writer(cfg.Brokers, cfg.DeadLetter)
+		q.dead = q.writer(cfg.DeadLetter)
 	}
 	return q, nil
 }
 
-func writer(brokers []string, topic string) *kafkago.Writer {
-	return &kafkago.Writer{Addr: kafkago.TCP(brokers...), Topic: topic,
+func (q *Queue) writer(topic string) *kafkago.Writer {
+	return &kafkago.Writer{Addr: kafkago.TCP(q.cfg.Brokers...), Topic: topic, Transport: q.transport,
 		RequiredAcks: kafkago.RequireAll, Balancer: &kafkago.Hash{},
 		// One job per write is the common case; do not hold it back for a
 		// batch that is not coming.
@@ -129,9 +133,13 @@ func (q *Queue) reader() *kafkago.Reader {
 // Pop fetches the next job and waits out its NotBefore: Kafka cannot hold
 // a message back, so a delayed job or a retry holds the worker that
 // fetched it until it is due. A message that is not a job goes to
-// Config.DeadLetter (see there) and is reported as an error.
+// Config.DeadLetter (see there) and is reported as an error. After Close
+// it fails with jobs.ErrClosed.
 func (q *Queue) Pop(ctx context.Context) (*jobs.Envelope, error) {
 	r := q.reader()
+	if r == nil || q.closed.Load() {
+		return nil, fmt.Errorf("kafkaqueue: pop from %q: %w", q.cfg.Topic, jobs.ErrClosed)
+	}
 	m, err := r.FetchMessage(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -274,8 +282,9 @@ func (q *Queue) Drain(context.Context) ([]*jobs.Envelope, error) { return nil, n
 // Len is -1: lag is a broker round trip away.
 func (q *Queue) Len() int { return -1 }
 
-// Close closes the writer and, if it was started, the reader, which
-// leaves the group so its partitions move at once.
+// Close closes the writers and their connections and, if it was started,
+// the reader, which leaves the group so its partitions, and the jobs
+// fetched here and not committed, move to another worker at once.
 func (q *Queue) Close() error {
 	if q.closed.Swap(true) {
 		return nil
@@ -284,6 +293,7 @@ func (q *Queue) Close() error {
 	if q.dead != nil {
 		err = errors.Join(err, q.dead.Close())
 	}
+	q.transport.CloseIdleConnections()
 	q.startOnce.Do(func() {}) // no reader from now on
 	if q.r != nil {
 		err = errors.Join(err, q.r.Close())

@@ -53,6 +53,9 @@ type Queue struct {
 	deadLetter string
 	headers    *carrier.Propagator // names of the dead-letter headers
 	closed     atomic.Bool
+
+	mu         sync.Mutex
+	deliveries map[*delivery]struct{} // popped, not yet settled: their heartbeats run
 }
 
 // delivery is a popped job's Receipt: the message to settle and the
@@ -89,7 +92,8 @@ func New(ctx context.Context, js jetstream.JetStream, cfg Config) (*Queue, error
 		return nil, fmt.Errorf("natsqueue: new: consumer %q on stream %q: %w", cfg.Consumer, cfg.Stream, err)
 	}
 	return &Queue{js: js, cons: cons, stream: cfg.Stream, ackWait: cfg.AckWait,
-		deadLetter: cfg.DeadLetter, headers: carrier.NewPropagator()}, nil
+		deadLetter: cfg.DeadLetter, headers: carrier.NewPropagator(),
+		deliveries: make(map[*delivery]struct{})}, nil
 }
 
 // System reports "nats".
@@ -124,9 +128,12 @@ const pollWait = 5 * time.Second
 // Pop pulls the next due job. A job that is not due yet is handed back
 // with NakWithDelay, so it waits on the server rather than in a worker.
 // A message that is not a job goes to Config.DeadLetter (see there) and is
-// reported as an error.
+// reported as an error. After Close it fails with jobs.ErrClosed.
 func (q *Queue) Pop(ctx context.Context) (*jobs.Envelope, error) {
 	for {
+		if q.closed.Load() {
+			return nil, fmt.Errorf("natsqueue: pop from %q: %w", q.stream, jobs.ErrClosed)
+		}
 		pctx, cancel := context.WithTimeout(ctx, pollWait)
 		msg, err := q.cons.Next(jetstream.FetchContext(pctx))
 		cancel()
@@ -154,9 +161,27 @@ func (q *Queue) Pop(ctx context.Context) (*jobs.Envelope, error) {
 			}
 			continue
 		}
-		e.Receipt = &delivery{msg: msg, stop: q.heartbeat(msg)}
+		d := &delivery{msg: msg}
+		if !q.track(d) {
+			_ = msg.Nak() // closed while pulling: at once to another worker
+			return nil, fmt.Errorf("natsqueue: pop from %q: %w", q.stream, jobs.ErrClosed)
+		}
+		e.Receipt = d
 		return e, nil
 	}
+}
+
+// track starts d's heartbeat and records it until it is settled, so Close
+// can stop it; it reports false, starting nothing, once the queue is closed.
+func (q *Queue) track(d *delivery) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed.Load() {
+		return false
+	}
+	d.stop = q.heartbeat(d.msg)
+	q.deliveries[d] = struct{}{}
+	return true
 }
 
 // undecodable settles a message that is not a job: dead-lettered and then
@@ -209,11 +234,15 @@ func (q *Queue) heartbeat(msg jetstream.Msg) func() {
 	return func() { once.Do(func() { close(done); wg.Wait() }) }
 }
 
-func receipt(e *jobs.Envelope) (*delivery, error) {
+// receipt returns e's delivery, its heartbeat stopped, for settling.
+func (q *Queue) receipt(e *jobs.Envelope) (*delivery, error) {
 	d, ok := e.Receipt.(*delivery)
 	if !ok {
 		return nil, fmt.Errorf("natsqueue: job %s was not popped from a natsqueue", e.ID)
 	}
+	q.mu.Lock()
+	delete(q.deliveries, d)
+	q.mu.Unlock()
 	d.stop()
 	return d, nil
 }
@@ -221,7 +250,7 @@ func receipt(e *jobs.Envelope) (*delivery, error) {
 // Ack removes the finished job from the stream, waiting for the server to
 // confirm, so a lost ack shows as an error rather than a silent rerun.
 func (q *Queue) Ack(ctx context.Context, e *jobs.Envelope) error {
-	d, err := receipt(e)
+	d, err := q.receipt(e)
 	if err != nil {
 		return err
 	}
@@ -237,7 +266,7 @@ func (q *Queue) Ack(ctx context.Context, e *jobs.Envelope) error {
 // than NakWithDelay is what lets the retry-previous header reach the next
 // attempt, which may run in another process.
 func (q *Queue) Retry(ctx context.Context, prev, next *jobs.Envelope) error {
-	d, err := receipt(prev)
+	d, err := q.receipt(prev)
 	if err != nil {
 		return err
 	}
@@ -254,7 +283,7 @@ func (q *Queue) Retry(ctx context.Context, prev, next *jobs.Envelope) error {
 
 // Release naks the job so JetStream redelivers it now, to any worker.
 func (q *Queue) Release(_ context.Context, e *jobs.Envelope) error {
-	d, err := receipt(e)
+	d, err := q.receipt(e)
 	if err != nil {
 		return err
 	}
@@ -274,10 +303,24 @@ func (q *Queue) Drain(context.Context) ([]*jobs.Envelope, error) { return nil, n
 // includes jobs other processes are running.
 func (q *Queue) Len() int { return -1 }
 
-// Close makes Push fail with jobs.ErrClosed. The stream, the consumer and
-// the connection stay: they belong to the caller and to other processes.
+// Close makes Push and Pop fail with jobs.ErrClosed, and stops the
+// progress heartbeats of jobs popped and not settled, so JetStream
+// redelivers those after AckWait (the runner's Shutdown releases its own
+// first, for redelivery at once). They can still be settled. The stream,
+// the consumer and the connection stay: they belong to the caller and to
+// other processes.
 func (q *Queue) Close() error {
 	q.closed.Store(true)
+	q.mu.Lock()
+	open := make([]*delivery, 0, len(q.deliveries))
+	for d := range q.deliveries {
+		open = append(open, d)
+	}
+	clear(q.deliveries)
+	q.mu.Unlock()
+	for _, d := range open {
+		d.stop()
+	}
 	return nil
 }
 

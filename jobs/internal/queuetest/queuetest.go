@@ -9,6 +9,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -20,6 +21,7 @@ import (
 	"go.opentelemetry.io/otel/baggage"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
+	"go.uber.org/goleak"
 
 	"github.com/tracebridge/tracebridge"
 	"github.com/tracebridge/tracebridge/carrier"
@@ -80,7 +82,8 @@ func Child(t *testing.T, b Broker) bool {
 		return false
 	}
 	tel := testenv.NewTelemetry(t)
-	r := jobs.New(jobs.Config{Queue: b.Open(t, os.Getenv(envName)), Timeout: -1},
+	q, registered := Gate(b.Open(t, os.Getenv(envName)))
+	r := jobs.New(jobs.Config{Queue: q, Timeout: -1},
 		tracebridge.WithTracerProvider(tel.TracerProvider), tracebridge.WithConcurrency(1))
 	var mu sync.Mutex
 	enc := json.NewEncoder(os.Stdout)
@@ -104,6 +107,7 @@ func Child(t *testing.T, b Broker) bool {
 		<-ctx.Done() // until the parent kills this process
 		return ctx.Err()
 	}))
+	registered()
 	// The parent ends a well-behaved worker by closing stdin.
 	_, _ = bufio.NewReader(os.Stdin).ReadString('\n')
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -125,7 +129,8 @@ func Run(t *testing.T, b Broker, name string) {
 	for _, c := range []struct {
 		name string
 		run  func(*testing.T, Broker, string)
-	}{{"CrossProcess", crossProcess}, {"KilledWorker", killedWorker}, {"RetryLinks", retryLinks}, {"Undecodable", undecodable}} {
+	}{{"CrossProcess", crossProcess}, {"KilledWorker", killedWorker}, {"RetryLinks", retryLinks}, {"Undecodable", undecodable},
+		{"ShutdownHandsBack", shutdownHandsBack}, {"NoLeaks", noLeaks}} {
 		t.Run(c.name, func(t *testing.T) {
 			dest := name + "-" + c.name
 			t.Cleanup(func() { b.Remove(t, dest) })
@@ -191,6 +196,37 @@ func (w *worker) next(t *testing.T, within time.Duration) record {
 		t.Fatalf("no report from the worker subprocess within %v", within)
 	}
 	return record{}
+}
+
+// Gate holds q's Pop until open is called. A runner's workers start in
+// jobs.New, before its kinds are registered, so a worker on a broker that
+// already holds jobs could take one first and give it up as of an unknown
+// kind; a test opens the gate once its kinds are registered.
+func Gate(q jobs.Queue) (gated jobs.Queue, open func()) {
+	g := gatedQueue{Queue: q, open: make(chan struct{})}
+	var once sync.Once
+	return g, func() { once.Do(func() { close(g.open) }) }
+}
+
+type gatedQueue struct {
+	jobs.Queue
+	open chan struct{}
+}
+
+func (g gatedQueue) Pop(ctx context.Context) (*jobs.Envelope, error) {
+	select {
+	case <-g.open:
+		return g.Queue.Pop(ctx)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// Remote forwards q's answer, so the runner treats it as the broker queue
+// it is.
+func (g gatedQueue) Remote() bool {
+	rq, ok := g.Queue.(jobs.RemoteQueue)
+	return ok && rq.Remote()
 }
 
 // enqueuer returns an enqueue-only runner on name and its telemetry.
@@ -299,7 +335,8 @@ func killedWorker(t *testing.T, b Broker, name string) {
 	}
 
 	wtel := testenv.NewTelemetry(t)
-	wr := jobs.New(jobs.Config{Queue: b.Open(t, name)}, tracebridge.WithTracerProvider(wtel.TracerProvider))
+	wq, registered := Gate(b.Open(t, name))
+	wr := jobs.New(jobs.Config{Queue: wq}, tracebridge.WithTracerProvider(wtel.TracerProvider))
 	done := make(chan *jobs.Job, 10)
 	handler := func(ctx context.Context, j *jobs.Job) error {
 		if trace.SpanContextFromContext(ctx).TraceID() != span.SpanContext().TraceID() ||
@@ -312,6 +349,7 @@ func killedWorker(t *testing.T, b Broker, name string) {
 	}
 	must(t, wr.Register("hang", handler))
 	must(t, wr.Register("echo", handler))
+	registered()
 	defer shutdown(t, wr)
 	deadline := time.After(b.Redelivery + 10*time.Second)
 	for len(ids) > 0 {
@@ -433,5 +471,132 @@ func undecodable(t *testing.T, b Broker, name string) {
 	}
 	if m.Headers["dead-letter-source"] != name || !strings.Contains(m.Headers["dead-letter-reason"], "decode") {
 		t.Fatalf("dead-letter headers %v: want source %q and the decode error as reason", m.Headers, name)
+	}
+}
+
+// blockedWorker is a runner on name with two workers: "honour" blocks
+// until its ctx is cancelled, "ignore" until release is closed. started
+// receives each job's ID as its handler begins.
+func blockedWorker(t *testing.T, q jobs.Queue, grace time.Duration) (r *jobs.Runner, started chan string, release chan struct{}) {
+	r = jobs.New(jobs.Config{Queue: q, ShutdownGrace: grace, Timeout: -1}, tracebridge.WithConcurrency(2))
+	started, release = make(chan string, 2), make(chan struct{})
+	must(t, r.Register("honour", func(ctx context.Context, j *jobs.Job) error {
+		started <- j.ID
+		<-ctx.Done()
+		return ctx.Err()
+	}))
+	must(t, r.Register("ignore", func(_ context.Context, j *jobs.Job) error {
+		started <- j.ID
+		<-release
+		return nil
+	}))
+	return r, started, release
+}
+
+func awaitStarted(t *testing.T, started chan string, ids ...string) {
+	t.Helper()
+	want := map[string]bool{}
+	for _, id := range ids {
+		want[id] = true
+	}
+	for len(want) > 0 {
+		select {
+		case id := <-started:
+			delete(want, id)
+		case <-time.After(15 * time.Second):
+			t.Fatalf("jobs %v did not start", want)
+		}
+	}
+}
+
+// shutdownHandsBack: a worker's Shutdown deadline passes while one handler
+// honours the cancellation and another ignores it past the grace. Shutdown
+// reports neither: both stay with the broker, and a second worker runs
+// them. A job reported unrun and also redelivered would run twice for a
+// caller who re-enqueues the report.
+func shutdownHandsBack(t *testing.T, b Broker, name string) {
+	r, _ := enqueuer(t, b, name, "honour", "ignore")
+	a, started, release := blockedWorker(t, b.Open(t, name), 50*time.Millisecond)
+	defer close(release)
+	honour, err := r.Enqueue(context.Background(), "honour", nil)
+	must(t, err)
+	ignore, err := r.Enqueue(context.Background(), "ignore", nil)
+	must(t, err)
+	awaitStarted(t, started, honour, ignore)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	unrun, err := a.Shutdown(ctx)
+	if !errors.Is(err, context.DeadlineExceeded) || len(unrun) != 0 {
+		t.Fatalf("shutdown past its deadline: %d reported (%+v), %v; want none reported and DeadlineExceeded", len(unrun), unrun, err)
+	}
+
+	wq, registered := Gate(b.Open(t, name))
+	w := jobs.New(jobs.Config{Queue: wq})
+	ran := make(chan string, 4)
+	for _, k := range []string{"honour", "ignore"} {
+		must(t, w.Register(k, func(_ context.Context, j *jobs.Job) error { ran <- j.ID; return nil }))
+	}
+	registered()
+	defer shutdown(t, w)
+	want := map[string]bool{honour: true, ignore: true}
+	deadline := time.After(b.Redelivery + 10*time.Second)
+	for len(want) > 0 {
+		select {
+		case id := <-ran:
+			delete(want, id)
+		case <-deadline:
+			t.Fatalf("jobs handed back at Shutdown were not delivered again: %v", want)
+		}
+	}
+}
+
+// noLeaks: no goroutine outlives a runner's Shutdown whose deadline
+// passed with handlers blocked in flight (once they returned), nor a
+// queue closed with a popped job it never settled, nor their connections.
+func noLeaks(t *testing.T, b Broker, name string) {
+	leaks := goleak.IgnoreCurrent()
+	// Registered first, so it runs last: after the cleanups that close
+	// the connections b.Open made. A broker client may close a connection
+	// in the background after its Close returned (and an embedded broker
+	// then ends its side), so the check allows that a few seconds; a leak
+	// lasts longer (kafka-go's idle connections, say, live for 30s).
+	t.Cleanup(func() {
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			err := goleak.Find(leaks)
+			if err == nil {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Error(err)
+				return
+			}
+		}
+	})
+
+	a, started, release := blockedWorker(t, b.Open(t, name), 50*time.Millisecond)
+	honour, err := a.Enqueue(context.Background(), "honour", nil)
+	must(t, err)
+	ignore, err := a.Enqueue(context.Background(), "ignore", nil)
+	must(t, err)
+	awaitStarted(t, started, honour, ignore)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if _, err := a.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("shutdown: %v, want DeadlineExceeded", err)
+	}
+	close(release) // the abandoned handler returns; its worker must exit
+
+	// The queue alone: one of those jobs, popped and never settled.
+	q := b.Open(t, name)
+	pctx, pcancel := context.WithTimeout(context.Background(), b.Redelivery+10*time.Second)
+	defer pcancel()
+	if _, err := q.Pop(pctx); err != nil {
+		t.Fatalf("pop: %v", err)
+	}
+	must(t, q.Close())
+	if _, err := q.Pop(pctx); !errors.Is(err, jobs.ErrClosed) {
+		t.Fatalf("pop after close: %v, want ErrClosed", err)
 	}
 }

@@ -138,7 +138,10 @@ func New(cfg Config, opts ...tracebridge.Option) *Runner {
 
 // Register sets the handler of a job kind and its defaults (attempts,
 // timeout, backoff, delay, uniqueness), which each Enqueue can override.
-// Register kinds before enqueuing them; a kind is registered once.
+// Register kinds before enqueuing them; a kind is registered once. A worker
+// that takes a job of a kind it does not know (yet) from a broker-backed
+// queue fails that attempt and retries it with the usual backoff, so kinds
+// registered right after New lose nothing.
 func (r *Runner) Register(kindName string, h Handler, opts ...JobOption) error {
 	if kindName == "" || h == nil {
 		return fmt.Errorf("jobs: register kind %q: empty kind or nil handler", kindName)
@@ -395,7 +398,12 @@ func (r *Runner) run(e *Envelope, k *kind) {
 		Carrier: propagation.MapCarrier(e.Headers), Attempt: e.Attempt, PublishedAt: e.EnqueuedAt})
 	var err error
 	if k == nil {
-		err = msgtrace.Permanent(fmt.Errorf("jobs: run job %s of kind %q: %w", e.ID, e.Kind, ErrUnknownKind))
+		// Not permanent: a worker can take a job from a broker before its
+		// program has registered the kind (New starts the workers), and a
+		// rolling deploy can put a new kind on the queue before every worker
+		// knows it. The job is retried with backoff and goes to the dead-job
+		// handler only once its attempts are spent.
+		err = fmt.Errorf("jobs: run job %s of kind %q: %w", e.ID, e.Kind, ErrUnknownKind)
 	} else {
 		actx, cancel := ctx, context.CancelFunc(func() {})
 		if set.timeout > 0 {

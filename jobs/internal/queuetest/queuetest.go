@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -130,7 +131,7 @@ func Run(t *testing.T, b Broker, name string) {
 		name string
 		run  func(*testing.T, Broker, string)
 	}{{"CrossProcess", crossProcess}, {"KilledWorker", killedWorker}, {"RetryLinks", retryLinks}, {"Undecodable", undecodable},
-		{"ShutdownHandsBack", shutdownHandsBack}, {"NoLeaks", noLeaks}} {
+		{"ShutdownHandsBack", shutdownHandsBack}, {"NoLeaks", noLeaks}, {"RegisterLate", registerLate}} {
 		t.Run(c.name, func(t *testing.T) {
 			dest := name + "-" + c.name
 			t.Cleanup(func() { b.Remove(t, dest) })
@@ -598,5 +599,42 @@ func noLeaks(t *testing.T, b Broker, name string) {
 	must(t, q.Close())
 	if _, err := q.Pop(pctx); !errors.Is(err, jobs.ErrClosed) {
 		t.Fatalf("pop after close: %v, want ErrClosed", err)
+	}
+}
+
+// registerLate takes a job before the worker's program registered its kind,
+// as a worker does whose broker already holds jobs when it starts: the job
+// must be retried until the kind is there, not dead-lettered on the spot.
+func registerLate(t *testing.T, b Broker, name string) {
+	r, _ := enqueuer(t, b, name, "late")
+	id, err := r.Enqueue(context.Background(), "late", nil)
+	must(t, err)
+
+	wtel := testenv.NewTelemetry(t)
+	var dead atomic.Int32
+	wr := jobs.New(jobs.Config{Queue: b.Open(t, name), DeadJob: func(context.Context, *jobs.Job, error) { dead.Add(1) }},
+		tracebridge.WithTracerProvider(wtel.TracerProvider), tracebridge.WithRetry(50, 20*time.Millisecond, 50*time.Millisecond))
+	defer shutdown(t, wr)
+	// Wait until the worker has tried the job with the kind unknown.
+	testenv.WaitFor(t, "an attempt of the unregistered kind", 15*time.Second, func() bool {
+		for _, s := range wtel.Ended() {
+			if s.SpanKind() == trace.SpanKindConsumer {
+				return true
+			}
+		}
+		return false
+	})
+	ran := make(chan string, 1)
+	must(t, wr.Register("late", func(_ context.Context, j *jobs.Job) error { ran <- j.ID; return nil }))
+	select {
+	case got := <-ran:
+		if got != id {
+			t.Fatalf("ran job %s, want %s", got, id)
+		}
+	case <-time.After(b.Redelivery + 15*time.Second):
+		t.Fatalf("job %s of a kind registered after the worker started never ran (dead-job calls: %d)", id, dead.Load())
+	}
+	if n := dead.Load(); n != 0 {
+		t.Fatalf("job went to the dead-job handler %d times before its kind was registered", n)
 	}
 }

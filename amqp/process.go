@@ -152,19 +152,27 @@ func describe(t *msgtrace.Tracer, d *amqp091.Delivery, queue string) msgtrace.De
 	if d.MessageId != "" {
 		md.Identity = messageID{dest, d.MessageId}
 	}
-	if n, ok := toInt(d.Headers[headerDeliveryCount]); ok && n >= 0 {
-		md.Deliveries = int(n) + 1
+	// Both headers are the broker's on the way out of some queues, but a
+	// publisher can set them too, and classic queues pass its values
+	// through (so does a quorum queue on a first delivery, in RabbitMQ 4).
+	// They are a claim, which msgtrace never lets make an attempt final
+	// (see the README on retries and trust). x-delivery-count counts
+	// earlier deliveries, so it means something only on a delivery the
+	// broker marks as redelivered, which no publisher can.
+	if n, ok := toInt(d.Headers[headerDeliveryCount]); ok && n > 0 && d.Redelivered {
+		md.Claimed = int(min(n, maxClaim))
 	}
 	// retry-attempt, written by tracebridge when it republishes, already
 	// counts the trips through the delay queue that x-death also records;
 	// x-death alone counts dead-letter cycles set up without tracebridge.
 	if Carrier(d.Headers).Get(t.Carrier().Names().RetryAttempt) == "" {
-		if deaths := deathCount(d.Headers[headerDeath]); deaths > 0 {
-			md.Attempt = deaths + max(md.Deliveries, 1)
-		}
+		md.Claimed += deathCount(d.Headers[headerDeath])
 	}
 	return md
 }
+
+// maxClaim bounds what one header may claim, so sums cannot overflow.
+const maxClaim = 1 << 20
 
 // deathCount sums the counts of an x-death header, ignoring anything that
 // does not have the shape RabbitMQ writes.
@@ -179,11 +187,11 @@ func deathCount(v any) int {
 		if !ok {
 			continue
 		}
-		if n, ok := toInt(t["count"]); ok && n > 0 && n < 1<<20 {
+		if n, ok := toInt(t["count"]); ok && n > 0 && n < maxClaim {
 			total += int(n)
 		}
 	}
-	return min(total, 1<<20)
+	return min(total, maxClaim)
 }
 
 func toInt(v any) (int64, bool) {

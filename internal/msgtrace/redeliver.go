@@ -78,7 +78,7 @@ func (t *Tracer) DeliverAttempt(ctx context.Context, d Delivery, r Redelivery, o
 		p.End(pctx, aerr, false)
 		return aerr
 	}
-	final, delay := t.RetryDecision(p.Attempt, herr, ops.Limit)
+	final, delay := t.RetryDecision(p.Vouched, herr, ops.Limit)
 	if !final {
 		p.Remember()
 		p.Span.SetAttributes(RetryDelayKey.Float64(delay.Seconds()))

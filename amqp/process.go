@@ -194,6 +194,37 @@ func deathCount(v any) int {
 	return min(total, maxClaim)
 }
 
+// brokerShapedDeaths reports whether v has the shape RabbitMQ writes into
+// x-death: a list of tables, each with an integer count and string queue
+// and reason. A publisher can write anything there, and a RabbitMQ before
+// 3.13 that dead-letters a message updates the header in place: some
+// other shapes crash the queue process doing it, and the queue with every
+// message in it is lost.
+func brokerShapedDeaths(v any) bool {
+	list, ok := v.([]any)
+	if !ok {
+		return false
+	}
+	for _, e := range list {
+		t, ok := e.(amqp091.Table)
+		if !ok {
+			return false
+		}
+		switch t["count"].(type) {
+		case int64, int32, int16, int8:
+		default:
+			return false
+		}
+		if _, ok := t["queue"].(string); !ok {
+			return false
+		}
+		if _, ok := t["reason"].(string); !ok {
+			return false
+		}
+	}
+	return true
+}
+
 func toInt(v any) (int64, bool) {
 	switch n := v.(type) {
 	case int64:

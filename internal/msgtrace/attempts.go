@@ -143,9 +143,11 @@ type number struct {
 // attempts it recorded for the failed attempt that retry-previous names.
 // Only those make a failure final. Headers anyone can write (retry-attempt,
 // and the broker headers in d.Claimed) form a claim, which under Trusted
-// raises the number shown, but never past MaxAttempts-1, so a header alone
-// never makes an attempt the last one. A retry-attempt above MaxAttempts is
-// one the library never writes, and is not believed.
+// raises the number shown. Where the library decides the retries
+// (d.decides), the claim shows at most MaxAttempts-1, so a header alone
+// never makes an attempt look like the last one; a low-level StartProcess,
+// whose caller decides, shows it whole. A retry-attempt above MaxAttempts
+// is one the library never writes, and is not believed.
 func (t *Tracer) number(d *Delivery, r carrier.Retry) number {
 	limit := t.MaxAttempts
 	var n number
@@ -158,21 +160,22 @@ func (t *Tracer) number(d *Delivery, r carrier.Retry) number {
 			n.voucher = r.Previous
 		}
 	}
-	claimed := max(d.Deliveries, 1) + max(d.Claimed, 0)
-	if r.Attempt > 0 {
+	// Each term is bounded (retry-attempt below 1<<30, front ends' claims
+	// below 1<<20), so the sum cannot overflow.
+	claimed := max(d.Deliveries, 1) + min(max(d.Claimed, 0), 1<<20)
+	if r.Attempt > 0 && r.Attempt <= limit {
 		claimed += r.Attempt - 1
 	}
-	if r.Attempt > limit || claimed > limit || claimed < 1 {
-		// Over the limit (or overflowed): the claim only routes the retry
-		// (RetryInPlace); it sets no number.
-		n.claim = limit
-		claimed = 1
-	} else {
-		n.claim = claimed
+	n.claim = min(claimed, limit)
+	if r.Attempt > limit {
+		n.claim = limit // routes the retry (RetryInPlace); sets no number
 	}
 	n.shown = n.vouched
 	if t.Trust == carrier.Trusted {
-		n.shown = max(n.vouched, min(claimed, limit-1))
+		if d.decides {
+			claimed = min(claimed, limit-1)
+		}
+		n.shown = max(n.vouched, claimed)
 	}
 	return n
 }

@@ -94,6 +94,7 @@ func (t *Tracer) Deliver(ctx, stop context.Context, d Delivery, s Settlement) (O
 			}
 		}
 	}
+	d.decides = true
 	for {
 		pctx, p := t.StartProcess(ctx, d)
 		err := Call(func() error { return s.Handle(pctx) })

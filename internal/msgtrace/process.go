@@ -39,6 +39,9 @@ type Delivery struct {
 	// Previous, when valid, is the previous attempt's span (in-place
 	// retries know it without the record).
 	Previous trace.SpanContext
+	// decides is set by Deliver and DeliverAttempt, which decide the
+	// retries themselves; see Tracer.number.
+	decides bool
 }
 
 // Identity names a message across redeliveries. Its String is asked for

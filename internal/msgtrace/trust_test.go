@@ -27,8 +27,11 @@ func maxAttempts(n int) msgtrace.Option {
 
 // TestClaimsNeverMakeAnAttemptFinal: whatever the headers claim, and
 // whatever the trust, an attempt is final only when the consumer can
-// vouch for MaxAttempts attempts; Trusted shows the claim up to
-// MaxAttempts-1, Untrusted shows nothing of it.
+// vouch for MaxAttempts attempts. Through the low-level StartProcess,
+// whose caller decides the retries, Trusted shows the whole claim (a
+// retry-attempt only up to MaxAttempts, as the library writes it);
+// Untrusted shows nothing of it. (Deliver caps what it shows at
+// MaxAttempts-1: the broker tests check that.)
 func TestClaimsNeverMakeAnAttemptFinal(t *testing.T) {
 	fail := errors.New("transient")
 	foreign, _ := carrier.ParseTraceparent("00-5bf92f3577b34da6a3ce929d0e0e4736-10f067aa0ba902b7-01")
@@ -42,10 +45,11 @@ func TestClaimsNeverMakeAnAttemptFinal(t *testing.T) {
 	}{
 		{name: "none", shownTrusted: 1, shownUntrusted: 1},
 		{name: "retry-attempt 2", retry: carrier.Retry{Attempt: 2}, shownTrusted: 2, shownUntrusted: 1},
-		{name: "retry-attempt last", retry: carrier.Retry{Attempt: 3, Previous: foreign}, shownTrusted: 2, shownUntrusted: 1, inPlace: true},
+		{name: "retry-attempt last", retry: carrier.Retry{Attempt: 3, Previous: foreign}, shownTrusted: 3, shownUntrusted: 1, inPlace: true},
 		{name: "retry-attempt past the limit", retry: carrier.Retry{Attempt: 1 << 29}, shownTrusted: 1, shownUntrusted: 1, inPlace: true},
-		{name: "broker headers", claimed: 1 << 20, shownTrusted: 1, shownUntrusted: 1, inPlace: true},
-		{name: "broker headers last", claimed: 2, shownTrusted: 2, shownUntrusted: 1, inPlace: true},
+		{name: "broker headers", claimed: 1 << 20, shownTrusted: 1<<20 + 1, shownUntrusted: 1, inPlace: true},
+		{name: "broker headers past any bound", claimed: 1 << 40, shownTrusted: 1<<20 + 1, shownUntrusted: 1, inPlace: true},
+		{name: "broker headers last", claimed: 2, shownTrusted: 3, shownUntrusted: 1, inPlace: true},
 		{name: "negative broker claim", claimed: -7, shownTrusted: 1, shownUntrusted: 1},
 	}
 	for _, tc := range cases {

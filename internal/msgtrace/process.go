@@ -100,7 +100,10 @@ func (t *Tracer) StartProcess(ctx context.Context, d Delivery) (context.Context,
 	retry := t.carrier.ExtractRetry(d.Carrier)
 	n := t.number(&d, retry)
 	prev := d.Previous
-	if !prev.IsValid() && n.shown > 1 {
+	if !prev.IsValid() && max(n.shown, n.claim) > 1 {
+		// Under Untrusted the claim shows no number, but a link to the
+		// attempt retry-previous names is still fair: it is a link, not
+		// a count.
 		// retry-previous names exactly the attempt a republished retry
 		// follows. The in-process record can lag it (the republish may be
 		// consumed before the failed attempt's span has ended), so it wins

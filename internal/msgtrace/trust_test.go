@@ -185,3 +185,21 @@ func TestRepublishedRetryWaitIgnoresAFuturePublishTime(t *testing.T) {
 		t.Fatalf("handled after %v, want within the 2ms backoff (bounded generously)", d)
 	}
 }
+
+// TestUntrustedRetryStillLinksPrevious: an untrusted consumer takes no
+// count from a retry, but still links the attempt retry-previous names.
+func TestUntrustedRetryStillLinksPrevious(t *testing.T) {
+	tracer, tel := newTracer(t, maxAttempts(3), trust(carrier.Untrusted))
+	prev, _ := carrier.ParseTraceparent("00-5bf92f3577b34da6a3ce929d0e0e4736-10f067aa0ba902b7-01")
+	c := propagation.MapCarrier{}
+	tracer.Carrier().InjectRetry(c, carrier.Retry{Attempt: 2, Previous: prev})
+	ctx, p := tracer.StartProcess(context.Background(), msgtrace.Delivery{Message: msgtrace.Message{Destination: "in"}, Carrier: c})
+	p.End(ctx, nil, false)
+	if p.Attempt != 1 {
+		t.Fatalf("untrusted attempt %d from retry-attempt, want 1", p.Attempt)
+	}
+	s := spanByName(tel, "process in")[0]
+	if len(s.Links()) != 1 || s.Links()[0].SpanContext.SpanID() != prev.SpanID() {
+		t.Fatalf("links %v, want one to retry-previous", s.Links())
+	}
+}

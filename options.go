@@ -2,6 +2,7 @@ package tracebridge
 
 import (
 	"log/slog"
+	"slices"
 	"time"
 
 	"go.opentelemetry.io/otel/metric"
@@ -44,23 +45,36 @@ func WithMeterProvider(mp metric.MeterProvider) Option {
 	return func(c *msgtrace.Config) { c.MeterProvider = mp }
 }
 
-// WithPropagators sets the propagator that injects and extracts the journey.
-// The default is the global propagator when it is a *carrier.Propagator, and
+// WithPropagators sets the propagator that injects and extracts the journey:
+// a *carrier.Propagator (for custom header names, filters or a session
+// format) or any other propagation.TextMapPropagator, such as
+// OpenTelemetry's composite of TraceContext and Baggage. The default is the
+// global propagator when it is a *carrier.Propagator, and
 // carrier.NewPropagator() otherwise, because the stock global propagator
 // sends nothing until an application configures it. Retry and dead-letter
-// headers are written with the carrier's header names either way.
+// headers are written with the carrier's header names (the defaults for a
+// propagator that is not a *carrier.Propagator). It does not change the
+// consumer's trust policy (WithTrust), whichever option comes first.
 func WithPropagators(p propagation.TextMapPropagator) Option {
 	return func(c *msgtrace.Config) { c.Propagator = p }
 }
 
-// WithTrust sets the consumer's trust policy (see carrier.Trust). Untrusted
-// messages start a new trace that links to their creation context, keep only
-// the listed baggage keys, and keep their session ID only if it is a UUID.
-// It builds the propagator, so it overrides WithPropagators.
+// WithTrust sets the consumer's trust policy (see carrier.Trust); the last
+// WithTrust wins. Untrusted messages start a new trace that links to their
+// creation context, keep only the listed baggage keys, keep their session ID
+// only if it passes the propagator's session format (by default a UUID),
+// and set no attempt number through their retry or delivery-count headers
+// (see the README on retries and trust).
+//
+// Trust belongs to the consumer, not to its propagator: it applies to
+// whatever propagator the consumer uses, whether WithPropagators comes
+// before or after it, and keeps that propagator's header names, filters,
+// session format and meter provider. A *carrier.Propagator built Untrusted
+// stays untrusted even under WithTrust(carrier.Trusted).
 func WithTrust(t carrier.Trust, allowBaggage ...string) Option {
 	return func(c *msgtrace.Config) {
-		c.Propagator = carrier.NewPropagator(carrier.WithTrust(t), carrier.WithUntrustedBaggage(allowBaggage...))
 		c.Trust = t
+		c.AllowBaggage = slices.Clone(allowBaggage)
 	}
 }
 

@@ -268,12 +268,14 @@ func (s *session) handle(base, stop context.Context, d amqp091.Delivery) {
 // properties and headers (its journey), for sending it on elsewhere: a
 // retry, a dead letter. The broker's per-queue delivery count is left out:
 // it describes the old queue and would inflate the attempt number in the
-// new one. The header table is a copy with room for the retry and
-// dead-letter headers.
+// new one. So is an x-death that does not have the shape RabbitMQ writes:
+// it can only be a publisher's, and dead-lettering a message that carries
+// one can crash the queue on RabbitMQ before 3.13. The header table is a
+// copy with room for the retry and dead-letter headers.
 func Republishing(d *amqp091.Delivery) amqp091.Publishing {
 	h := make(amqp091.Table, len(d.Headers)+5)
 	for k, v := range d.Headers {
-		if k != headerDeliveryCount {
+		if k != headerDeliveryCount && (k != headerDeath || brokerShapedDeaths(v)) {
 			h[k] = v
 		}
 	}

@@ -27,10 +27,12 @@
 // whose Wait ends the span.
 //
 // Each delivery attempt is a CONSUMER "process {queue}" span, parented on
-// the message's creation context by default, with the attempt number
-// (from retry-attempt, x-delivery-count on quorum queues, or x-death
-// counts) and a link to the previous attempt. It covers the handler up to
-// the ack.
+// the message's creation context by default, with the attempt number and
+// a link to the previous attempt. It covers the handler up to the ack.
+// retry-attempt, x-delivery-count (on a redelivery) and x-death counts are
+// claims a publisher can forge: under Trusted they raise the number shown,
+// but only the attempts the consumer counted itself make a failure final
+// (see the README on retries and trust).
 //
 // # Retries and dead letters
 //

@@ -152,19 +152,27 @@ func describe(t *msgtrace.Tracer, d *amqp091.Delivery, queue string) msgtrace.De
 	if d.MessageId != "" {
 		md.Identity = messageID{dest, d.MessageId}
 	}
-	if n, ok := toInt(d.Headers[headerDeliveryCount]); ok && n >= 0 {
-		md.Deliveries = int(n) + 1
+	// Both headers are the broker's on the way out of some queues, but a
+	// publisher can set them too, and classic queues pass its values
+	// through (so does a quorum queue on a first delivery, in RabbitMQ 4).
+	// They are a claim, which msgtrace never lets make an attempt final
+	// (see the README on retries and trust). x-delivery-count counts
+	// earlier deliveries, so it means something only on a delivery the
+	// broker marks as redelivered, which no publisher can.
+	if n, ok := toInt(d.Headers[headerDeliveryCount]); ok && n > 0 && d.Redelivered {
+		md.Claimed = int(min(n, maxClaim))
 	}
 	// retry-attempt, written by tracebridge when it republishes, already
 	// counts the trips through the delay queue that x-death also records;
 	// x-death alone counts dead-letter cycles set up without tracebridge.
 	if Carrier(d.Headers).Get(t.Carrier().Names().RetryAttempt) == "" {
-		if deaths := deathCount(d.Headers[headerDeath]); deaths > 0 {
-			md.Attempt = deaths + max(md.Deliveries, 1)
-		}
+		md.Claimed += deathCount(d.Headers[headerDeath])
 	}
 	return md
 }
+
+// maxClaim bounds what one header may claim, so sums cannot overflow.
+const maxClaim = 1 << 20
 
 // deathCount sums the counts of an x-death header, ignoring anything that
 // does not have the shape RabbitMQ writes.
@@ -179,11 +187,42 @@ func deathCount(v any) int {
 		if !ok {
 			continue
 		}
-		if n, ok := toInt(t["count"]); ok && n > 0 && n < 1<<20 {
+		if n, ok := toInt(t["count"]); ok && n > 0 && n < maxClaim {
 			total += int(n)
 		}
 	}
-	return min(total, 1<<20)
+	return min(total, maxClaim)
+}
+
+// brokerShapedDeaths reports whether v has the shape RabbitMQ writes into
+// x-death: a list of tables, each with an integer count and string queue
+// and reason. A publisher can write anything there, and a RabbitMQ before
+// 3.13 that dead-letters a message updates the header in place: some
+// other shapes crash the queue process doing it, and the queue with every
+// message in it is lost.
+func brokerShapedDeaths(v any) bool {
+	list, ok := v.([]any)
+	if !ok {
+		return false
+	}
+	for _, e := range list {
+		t, ok := e.(amqp091.Table)
+		if !ok {
+			return false
+		}
+		switch t["count"].(type) {
+		case int64, int32, int16, int8:
+		default:
+			return false
+		}
+		if _, ok := t["queue"].(string); !ok {
+			return false
+		}
+		if _, ok := t["reason"].(string); !ok {
+			return false
+		}
+	}
+	return true
 }
 
 func toInt(v any) (int64, bool) {

@@ -50,8 +50,9 @@ type Propagator struct {
 var _ propagation.TextMapPropagator = (*Propagator)(nil)
 
 // NewPropagator returns a Propagator configured by opts.
-func NewPropagator(opts ...Option) *Propagator {
-	c := newConfig(opts)
+func NewPropagator(opts ...Option) *Propagator { return newPropagator(newConfig(opts)) }
+
+func newPropagator(c config) *Propagator {
 	p := &Propagator{
 		cfg:    c,
 		drops:  newDrops(c.mp, c.logger),

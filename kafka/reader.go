@@ -70,7 +70,9 @@ type Process struct {
 }
 
 // Attempt is the delivery attempt the span records (tracebridge.attempt),
-// from 1; retries republished by a Consumer carry theirs in retry-attempt.
+// from 1; retries republished by a Consumer carry theirs in retry-attempt,
+// which a Reader believes only under Trusted and only up to the
+// configured attempts (see the README on retries and trust).
 func (p *Process) Attempt() int { return p.p.Attempt }
 
 // Context returns the context StartProcess returned.

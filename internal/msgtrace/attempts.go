@@ -5,6 +5,8 @@ import (
 	"sync"
 
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/tracebridge/tracebridge/carrier"
 )
 
 // Attempts remembers the process span of each message's last failed
@@ -20,6 +22,8 @@ type Attempts struct {
 
 type attemptEntry struct {
 	sc   trace.SpanContext
+	n    int    // attempts vouched for, in a record of vouchers
+	dest string // where the retry is to arrive, in a record of vouchers
 	elem *list.Element
 }
 
@@ -33,19 +37,57 @@ func (a *Attempts) Put(id string, sc trace.SpanContext) {
 	if id == "" || !sc.IsValid() {
 		return
 	}
+	a.put(id, attemptEntry{sc: sc})
+}
+
+func (a *Attempts) put(id string, e attemptEntry) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if e, ok := a.m[id]; ok {
-		a.order.MoveToBack(e.elem)
-		a.m[id] = attemptEntry{sc: sc, elem: e.elem}
+	if old, ok := a.m[id]; ok {
+		a.order.MoveToBack(old.elem)
+		e.elem = old.elem
+		a.m[id] = e
 		return
 	}
-	a.m[id] = attemptEntry{sc: sc, elem: a.order.PushBack(id)}
+	e.elem = a.order.PushBack(id)
+	a.m[id] = e
 	for len(a.m) > a.max {
 		oldest := a.order.Front()
 		a.order.Remove(oldest)
 		delete(a.m, oldest.Value.(string))
 	}
+}
+
+// Vouch records that the failed attempt sc, handed on for a retry that is
+// to arrive at dest, was attempt n as far as this consumer can vouch (see
+// Tracer.StartProcess). Only this consumer writes the record, so a retry
+// whose retry-previous names sc continues from n whatever its headers say.
+func (a *Attempts) Vouch(sc trace.SpanContext, n int, dest string) {
+	if !sc.IsValid() || n < 1 {
+		return
+	}
+	a.put(voucherKey(sc), attemptEntry{sc: sc, n: n, dest: dest})
+}
+
+// Vouched returns what Vouch recorded for the failed attempt prev, if the
+// retry arrived where it was sent.
+func (a *Attempts) Vouched(prev trace.SpanContext, dest string) (int, bool) {
+	if !prev.IsValid() {
+		return 0, false
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	e, ok := a.m[voucherKey(prev)]
+	if !ok || e.dest != dest {
+		return 0, false
+	}
+	return e.n, true
+}
+
+// voucherKey names a span by its trace and span IDs.
+func voucherKey(sc trace.SpanContext) string {
+	tid, sid := sc.TraceID(), sc.SpanID()
+	return string(tid[:]) + string(sid[:])
 }
 
 // Get returns the latest failed attempt of message id.
@@ -57,6 +99,13 @@ func (a *Attempts) Get(id string) (trace.SpanContext, bool) {
 	defer a.mu.Unlock()
 	e, ok := a.m[id]
 	return e.sc, ok
+}
+
+// ForgetVoucher drops what Vouch recorded for sc.
+func (a *Attempts) ForgetVoucher(sc trace.SpanContext) {
+	if sc.IsValid() {
+		a.Forget(voucherKey(sc))
+	}
 }
 
 // Forget drops message id once it has succeeded or been given up.
@@ -77,4 +126,56 @@ func (a *Attempts) Len() int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return len(a.m)
+}
+
+// number is what StartProcess works out about an attempt's number.
+type number struct {
+	shown   int // tracebridge.attempt
+	vouched int // attempts the consumer can vouch for, this one included
+	claim   int // what the headers claim, within [1, MaxAttempts]
+	voucher trace.SpanContext
+}
+
+// number works out an attempt's number by the rule the README's "Retries
+// and trust" section states. The consumer vouches for: the attempts of an
+// in-place retry (d.Attempt), the broker's own delivery count
+// (d.Deliveries), and, for a retry this consumer republished itself, the
+// attempts it recorded for the failed attempt that retry-previous names.
+// Only those make a failure final. Headers anyone can write (retry-attempt,
+// and the broker headers in d.Claimed) form a claim, which under Trusted
+// raises the number shown. Where the library decides the retries
+// (d.decides), the claim shows at most MaxAttempts-1, so a header alone
+// never makes an attempt look like the last one; a low-level StartProcess,
+// whose caller decides, shows it whole. A retry-attempt above MaxAttempts
+// is one the library never writes, and is not believed.
+func (t *Tracer) number(d *Delivery, r carrier.Retry) number {
+	limit := t.MaxAttempts
+	var n number
+	if d.Attempt > 0 {
+		n.vouched = d.Attempt
+	} else {
+		n.vouched = max(d.Deliveries, 1)
+		if v, ok := t.vouchers.Vouched(r.Previous, d.Destination); ok {
+			n.vouched += v
+			n.voucher = r.Previous
+		}
+	}
+	// Each term is bounded (retry-attempt below 1<<30, front ends' claims
+	// below 1<<20), so the sum cannot overflow.
+	claimed := max(d.Deliveries, 1) + min(max(d.Claimed, 0), 1<<20)
+	if r.Attempt > 0 && r.Attempt <= limit {
+		claimed += r.Attempt - 1
+	}
+	n.claim = min(claimed, limit)
+	if r.Attempt > limit {
+		n.claim = limit // routes the retry (RetryInPlace); sets no number
+	}
+	n.shown = n.vouched
+	if t.Trust == carrier.Trusted {
+		if d.decides {
+			claimed = min(claimed, limit-1)
+		}
+		n.shown = max(n.vouched, claimed)
+	}
+	return n
 }

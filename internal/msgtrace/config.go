@@ -29,10 +29,14 @@ const (
 
 // Config is what the public tracebridge options set.
 type Config struct {
-	TracerProvider      trace.TracerProvider
-	MeterProvider       metric.MeterProvider
-	Propagator          propagation.TextMapPropagator
+	TracerProvider trace.TracerProvider
+	MeterProvider  metric.MeterProvider
+	Propagator     propagation.TextMapPropagator
+	// Trust is the consumer's trust policy, applied to whatever Propagator
+	// extracts; AllowBaggage lists the baggage keys an Untrusted consumer
+	// still accepts.
 	Trust               carrier.Trust
+	AllowBaggage        []string
 	Parent              ParentPolicy
 	YoungFor            time.Duration
 	ErrorOnEveryAttempt bool

@@ -82,13 +82,19 @@ func (t *Tracer) Deliver(ctx, stop context.Context, d Delivery, s Settlement) (O
 		// when it was republished, so the failing consumer never blocks
 		// its own partition for it.
 		if r := t.carrier.ExtractRetry(d.Carrier); r.Attempt > 1 {
-			if wait := time.Until(d.PublishedAt.Add(t.Backoff.Delay(r.Attempt - 1))); wait > 0 {
+			// Both the header and the publish time are the publisher's to
+			// set: the attempt is capped as StartProcess caps it, and the
+			// wait at the delay itself, so that a publish time in the
+			// future cannot hold the consumer up.
+			delay := t.Backoff.Delay(min(r.Attempt, t.MaxAttempts) - 1)
+			if wait := min(time.Until(d.PublishedAt.Add(delay)), delay); wait > 0 {
 				if !Sleep(stop, wait) {
 					return Unsettled, ErrStopped
 				}
 			}
 		}
 	}
+	d.decides = true
 	for {
 		pctx, p := t.StartProcess(ctx, d)
 		err := Call(func() error { return s.Handle(pctx) })
@@ -104,16 +110,16 @@ func (t *Tracer) Deliver(ctx, stop context.Context, d Delivery, s Settlement) (O
 		}
 		final := p.Final(err)
 		switch {
-		case !final && s.Republish == nil:
+		case !final && (s.Republish == nil || p.RetryInPlace()):
 			p.End(pctx, err, false)
 			if !Sleep(stop, t.Backoff.Delay(p.Attempt)) {
 				return Unsettled, ErrStopped
 			}
-			d.Attempt, d.Previous = p.Attempt+1, p.SpanContext()
+			d.Attempt, d.Previous = p.Vouched+1, p.SpanContext()
 			continue
 		case !final:
 			p.Remember()
-			r := carrier.Retry{Attempt: p.Attempt + 1, Previous: p.SpanContext()}
+			r := carrier.Retry{Attempt: p.NextRetry(), Previous: p.SpanContext()}
 			return t.settleAfter(pctx, stop, p, err, false, Republished, s, s.AckOp,
 				func(ctx context.Context) error { return s.Republish(ctx, r) })
 		case s.DeadLetter != nil:

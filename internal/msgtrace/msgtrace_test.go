@@ -129,7 +129,7 @@ func TestAttemptsLinkAndFinalStatus(t *testing.T) {
 }
 
 func TestRetryHeaderSetsAttemptAndLink(t *testing.T) {
-	tr, tel := newTracer(t)
+	tr, tel := newTracer(t, func(c *msgtrace.Config) { c.MaxAttempts = 5 })
 	c, _ := send(t, tr, context.Background())
 	prev := trace.NewSpanContext(trace.SpanContextConfig{TraceID: trace.TraceID{1}, SpanID: trace.SpanID{2}, TraceFlags: 1})
 	tr.Carrier().InjectRetry(c, carrier.Retry{Attempt: 4, Previous: prev})
@@ -225,7 +225,7 @@ func TestCallRecoversPanic(t *testing.T) {
 // ended; it must still link to that attempt (named by retry-previous), not
 // to the stale in-process record of the attempt before it.
 func TestRepublishedRetryLinksPreviousBeforeItEnds(t *testing.T) {
-	tr, tel := newTracer(t)
+	tr, tel := newTracer(t, func(c *msgtrace.Config) { c.MaxAttempts = 5 })
 	c, _ := send(t, tr, context.Background())
 	fail := errors.New("boom")
 	d := msgtrace.Delivery{Message: msgtrace.Message{Destination: "orders"}, Carrier: c, Identity: ident("orders/m1")}

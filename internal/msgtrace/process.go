@@ -18,9 +18,14 @@ type Delivery struct {
 	// Carrier holds the message's headers.
 	Carrier propagation.TextMapCarrier
 	// Deliveries is how often the broker has delivered this message,
-	// counting this time (JetStream NumDelivered, RabbitMQ
-	// x-delivery-count + 1); 0 when the broker does not say.
+	// counting this time, as the broker itself attests it in metadata no
+	// publisher can set (JetStream NumDelivered); 0 when it does not say.
 	Deliveries int
+	// Claimed is how many earlier attempts the message's broker headers
+	// claim (RabbitMQ x-delivery-count on a redelivery, x-death counts).
+	// A publisher can set those headers too, so the claim is shown only
+	// under Trusted and never makes an attempt the last (see StartProcess).
+	Claimed int
 	// Identity names the message across redeliveries within this process
 	// (topic/partition/offset, stream sequence, message ID). nil turns off
 	// the in-process link to the previous attempt.
@@ -28,12 +33,15 @@ type Delivery struct {
 	// PublishedAt is when the message was produced, for ParentWhileYoung;
 	// zero if unknown.
 	PublishedAt time.Time
-	// Attempt, when not 0, overrides the computed attempt number (used by
-	// in-place retries, which know it).
+	// Attempt, when not 0, is the attempt number, known for certain (an
+	// in-place retry counts its attempts itself).
 	Attempt int
 	// Previous, when valid, is the previous attempt's span (in-place
 	// retries know it without the record).
 	Previous trace.SpanContext
+	// decides is set by Deliver and DeliverAttempt, which decide the
+	// retries themselves; see Tracer.number.
+	decides bool
 }
 
 // Identity names a message across redeliveries. Its String is asked for
@@ -53,8 +61,15 @@ func IdentityString(id Identity) string {
 // Process is a started CONSUMER "process" span. It covers the handler up to
 // the settle; End it exactly once.
 type Process struct {
-	Span     trace.Span
-	Attempt  int
+	Span trace.Span
+	// Attempt is the attempt number recorded as tracebridge.attempt.
+	Attempt int
+	// Vouched is how many attempts, this one included, the consumer can
+	// vouch for; a failure is final only once it reaches the limit.
+	Vouched  int
+	claim    int               // the attempt number the headers claim, within [1, MaxAttempts]
+	voucher  trace.SpanContext // the retry-previous this attempt continued from
+	dest     string
 	Creation trace.SpanContext // the message's creation context, if any
 	t        *Tracer
 	start    time.Time // zero when the metrics do not record
@@ -72,7 +87,7 @@ type Process struct {
 // session, and nothing of any other message.
 func (t *Tracer) StartProcess(ctx context.Context, d Delivery) (context.Context, *Process) {
 	ambient := trace.SpanContextFromContext(ctx)
-	ctx = t.Propagator.Extract(ctx, d.Carrier)
+	ctx = t.extract(ctx, d.Carrier)
 
 	var creation trace.SpanContext
 	trusted := true
@@ -83,15 +98,12 @@ func (t *Tracer) StartProcess(ctx context.Context, d Delivery) (context.Context,
 	}
 
 	retry := t.carrier.ExtractRetry(d.Carrier)
-	attempt := d.Attempt
-	if attempt == 0 {
-		attempt = max(retry.Attempt, 1)
-		if d.Deliveries > 1 {
-			attempt += d.Deliveries - 1
-		}
-	}
+	n := t.number(&d, retry)
 	prev := d.Previous
-	if !prev.IsValid() && attempt > 1 {
+	if !prev.IsValid() && max(n.shown, n.claim) > 1 {
+		// Under Untrusted the claim shows no number, but a link to the
+		// attempt retry-previous names is still fair: it is a link, not
+		// a count.
 		// retry-previous names exactly the attempt a republished retry
 		// follows. The in-process record can lag it (the republish may be
 		// consumed before the failed attempt's span has ended), so it wins
@@ -104,6 +116,7 @@ func (t *Tracer) StartProcess(ctx context.Context, d Delivery) (context.Context,
 			prev = recorded
 		}
 	}
+	attempt := n.shown
 
 	parentOnCreation := creation.IsValid() && trusted && t.parentOnCreation(d.PublishedAt)
 	if parentOnCreation && t.ParentBasedSampling && !creation.IsSampled() {
@@ -111,7 +124,7 @@ func (t *Tracer) StartProcess(ctx context.Context, d Delivery) (context.Context,
 		// parent would be the unsampled creation context, so the sampler
 		// drops it. The handler runs on the creation context Extract put
 		// into ctx, which keeps its logs on the journey.
-		return ctx, t.passThroughProcess(ctx, &d, attempt)
+		return ctx, t.passThroughProcess(ctx, &d, n)
 	}
 	var links []trace.Link
 	if n := b2i(creation.IsValid() && !parentOnCreation) + b2i(ambient.IsValid()) + b2i(prev.IsValid()); n > 0 {
@@ -152,12 +165,13 @@ func (t *Tracer) StartProcess(ctx context.Context, d Delivery) (context.Context,
 		start = time.Now()
 		t.metrics.Consumed.Add(ctx, 1, e.ok)
 	}
-	return ctx, &Process{Span: span, Attempt: attempt, Creation: creation, t: t,
-		start: start, identity: d.Identity, e: e}
+	return ctx, &Process{Span: span, Attempt: attempt, Vouched: n.vouched, claim: n.claim, voucher: n.voucher,
+		dest: d.Destination, Creation: creation, t: t, start: start, identity: d.Identity, e: e}
 }
 
-func (t *Tracer) passThroughProcess(ctx context.Context, d *Delivery, attempt int) *Process {
-	p := &Process{Span: trace.SpanFromContext(ctx), Attempt: attempt, t: t, identity: d.Identity, parentOnly: true}
+func (t *Tracer) passThroughProcess(ctx context.Context, d *Delivery, n number) *Process {
+	p := &Process{Span: trace.SpanFromContext(ctx), Attempt: n.shown, Vouched: n.vouched, claim: n.claim,
+		voucher: n.voucher, dest: d.Destination, t: t, identity: d.Identity, parentOnly: true}
 	if t.metrics.processEnabled(ctx) {
 		p.e = t.entry("process", semconv.MessagingOperationTypeProcess, trace.SpanKindConsumer, &d.Message)
 		p.start = time.Now()
@@ -188,9 +202,26 @@ func link(sc trace.SpanContext, kind string) trace.Link {
 }
 
 // Final reports whether a failure on this attempt is the last one: the
-// error is permanent or the attempts are used up.
+// error is permanent or the attempts the consumer can vouch for are used
+// up.
 func (p *Process) Final(err error) bool {
-	return err != nil && (IsPermanent(err) || p.Attempt >= p.t.MaxAttempts)
+	return err != nil && (IsPermanent(err) || p.Vouched >= p.t.MaxAttempts)
+}
+
+// RetryInPlace reports whether a failed attempt that is not final should be
+// retried in place rather than republished: the message's headers claim
+// that this was the last attempt, but the consumer cannot vouch for the
+// attempts before it (they were made by another process, or the headers
+// are forged). Republishing it would only carry the same claim on, around
+// the same loop; retrying in place lets the consumer count the rest itself.
+func (p *Process) RetryInPlace() bool { return p.claim >= p.t.MaxAttempts }
+
+// NextRetry is the retry-attempt to write on this attempt's republished
+// retry: one past the larger of the attempt number and the headers' claim
+// (which carries a count on across processes that cannot vouch for each
+// other), never past MaxAttempts.
+func (p *Process) NextRetry() int {
+	return min(max(p.Attempt, p.claim)+1, max(p.t.MaxAttempts, 2))
 }
 
 // Settle records a settle operation (ack, nack, commit, term) with its
@@ -233,13 +264,15 @@ func (p *Process) End(ctx context.Context, err error, final bool) {
 		}
 		if final {
 			p.t.attempts.Forget(IdentityString(p.identity))
+			p.t.vouchers.ForgetVoucher(p.voucher)
 			p.t.metrics.DeadLetters.Add(ctx, 1)
 		} else {
-			p.t.attempts.Put(IdentityString(p.identity), p.SpanContext())
+			p.Remember()
 			p.t.metrics.Retries.Add(ctx, 1)
 		}
-	} else if p.Attempt > 1 {
+	} else if p.Attempt > 1 || p.voucher.IsValid() {
 		p.t.attempts.Forget(IdentityString(p.identity))
+		p.t.vouchers.ForgetVoucher(p.voucher)
 	}
 	if !p.parentOnly {
 		p.Span.End()
@@ -254,7 +287,15 @@ func (p *Process) End(ctx context.Context, err error, final bool) {
 // can arrive before End runs (a zero backoff, a fast delay queue), and it
 // must link to this attempt, not the one before.
 func (p *Process) Remember() {
-	p.t.attempts.Put(IdentityString(p.identity), p.SpanContext())
+	sc := p.SpanContext()
+	p.t.attempts.Put(IdentityString(p.identity), sc)
+	// A republished retry arrives at the retry destination, or back here
+	// through a delay queue.
+	dest := p.t.RetryDestination
+	if dest == "" {
+		dest = p.dest
+	}
+	p.t.vouchers.Vouch(sc, p.Vouched, dest)
 }
 
 // SpanContext returns the process span's context: what a retry republished
@@ -284,7 +325,7 @@ func (t *Tracer) StartBatchProcess(ctx context.Context, m Message, carriers []pr
 	}
 	attempt = max(attempt, 1)
 	for _, c := range carriers {
-		mctx := t.Propagator.Extract(context.Background(), c)
+		mctx := t.extract(context.Background(), c)
 		sc, ok := carrier.RemoteLink(mctx)
 		if !ok {
 			sc = trace.SpanContextFromContext(mctx)
@@ -303,5 +344,5 @@ func (t *Tracer) StartBatchProcess(ctx context.Context, m Message, carriers []pr
 		start = time.Now()
 		t.metrics.Consumed.Add(ctx, int64(len(carriers)), e.ok)
 	}
-	return ctx, &Process{Span: span, Attempt: attempt, t: t, start: start, e: e}
+	return ctx, &Process{Span: span, Attempt: attempt, Vouched: attempt, t: t, start: start, e: e}
 }

@@ -67,6 +67,7 @@ type RedeliveryOps struct {
 // up, so the broker keeps it. The returned error is the handler's, or the
 // settle step's when that failed.
 func (t *Tracer) DeliverAttempt(ctx context.Context, d Delivery, r Redelivery, ops *RedeliveryOps) error {
+	d.decides = true
 	pctx, p := t.StartProcess(ctx, d)
 	herr := Call(func() error { return r.Handle(pctx) })
 	if herr == nil {
@@ -78,7 +79,7 @@ func (t *Tracer) DeliverAttempt(ctx context.Context, d Delivery, r Redelivery, o
 		p.End(pctx, aerr, false)
 		return aerr
 	}
-	final, delay := t.RetryDecision(p.Attempt, herr, ops.Limit)
+	final, delay := t.RetryDecision(p.Vouched, herr, ops.Limit)
 	if !final {
 		p.Remember()
 		p.Span.SetAttributes(RetryDelayKey.Float64(delay.Seconds()))

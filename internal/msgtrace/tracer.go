@@ -43,31 +43,61 @@ const (
 // of failed attempts.
 type Tracer struct {
 	Config
-	System   string
-	tracer   trace.Tracer
-	metrics  *Metrics
-	carrier  *carrier.Propagator // retry and dead-letter headers
-	attempts *Attempts
-	sysAttr  attribute.KeyValue
-	spans    spanCache
+	System  string
+	tracer  trace.Tracer
+	metrics *Metrics
+	carrier *carrier.Propagator // retry and dead-letter headers
+	// extractor reads a message's journey under the consumer's trust
+	// policy; admit, when set, applies that policy after a propagator
+	// that is not a *carrier.Propagator extracted it.
+	extractor propagation.TextMapPropagator
+	admit     *carrier.Propagator
+	attempts  *Attempts
+	vouchers  *Attempts // failed attempts handed on for a retry, by span
+	sysAttr   attribute.KeyValue
+	spans     spanCache
 }
 
 // New resolves opts for a front end of the given messaging.system.
 func New(system string, opts []Option) *Tracer {
 	c := NewConfig(opts)
+	t := &Tracer{
+		System:    system,
+		tracer:    c.TracerProvider.Tracer(ScopeName, trace.WithInstrumentationVersion(Version)),
+		metrics:   NewMetrics(c.MeterProvider.Meter(ScopeName, metric.WithInstrumentationVersion(Version))),
+		extractor: c.Propagator,
+		attempts:  NewAttempts(10000),
+		vouchers:  NewAttempts(10000),
+		sysAttr:   semconv.MessagingSystemKey.String(system),
+	}
 	cp, ok := c.Propagator.(*carrier.Propagator)
+	switch {
+	case ok && c.Trust == carrier.Untrusted:
+		// The consumer's policy over the propagator's header names,
+		// filters, session format and meter provider.
+		t.extractor = cp.WithTrust(carrier.Untrusted, c.AllowBaggage...)
+	case ok && cp.Trust() == carrier.Untrusted:
+		c.Trust = carrier.Untrusted // an untrusted propagator stays so
+	case !ok && c.Trust == carrier.Untrusted:
+		t.admit = carrier.NewPropagator(carrier.WithTrust(carrier.Untrusted),
+			carrier.WithUntrustedBaggage(c.AllowBaggage...), carrier.WithMeterProvider(c.MeterProvider),
+			carrier.WithLogger(c.Logger))
+	}
 	if !ok {
-		cp = carrier.NewPropagator(carrier.WithMeterProvider(c.MeterProvider))
+		cp = carrier.NewPropagator(carrier.WithMeterProvider(c.MeterProvider), carrier.WithLogger(c.Logger))
 	}
-	return &Tracer{
-		Config:   c,
-		System:   system,
-		tracer:   c.TracerProvider.Tracer(ScopeName, trace.WithInstrumentationVersion(Version)),
-		metrics:  NewMetrics(c.MeterProvider.Meter(ScopeName, metric.WithInstrumentationVersion(Version))),
-		carrier:  cp,
-		attempts: NewAttempts(10000),
-		sysAttr:  semconv.MessagingSystemKey.String(system),
+	t.Config, t.carrier = c, cp
+	return t
+}
+
+// extract reads c's journey into ctx under the consumer's trust policy.
+func (t *Tracer) extract(ctx context.Context, c propagation.TextMapCarrier) context.Context {
+	if t.admit == nil {
+		return t.extractor.Extract(ctx, c)
 	}
+	// Extracted apart from ctx, so that the foreign propagator can put
+	// nothing into the handler's context that the policy did not admit.
+	return t.admit.Admit(ctx, t.extractor.Extract(context.Background(), c))
 }
 
 // Carrier returns the propagator that reads and writes the retry and
@@ -307,9 +337,10 @@ func (t *Tracer) Inject(ctx context.Context, c propagation.TextMapCarrier) {
 	t.Propagator.Inject(ctx, c)
 }
 
-// Extract reads the journey from c into ctx.
+// Extract reads the journey from c into ctx, under the consumer's trust
+// policy.
 func (t *Tracer) Extract(ctx context.Context, c propagation.TextMapCarrier) context.Context {
-	return t.Propagator.Extract(ctx, c)
+	return t.extract(ctx, c)
 }
 
 // ErrorType is the error.type attribute value for err: the dynamic type's

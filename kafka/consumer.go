@@ -188,7 +188,7 @@ func (c *Consumer) queueOf(m *kafkago.Message, n int) int {
 	return int(h.Sum64() % uint64(n))
 }
 
-func (c *Consumer) work(base, stop context.Context, q chan kafkago.Message) {
+func (c *Consumer) work(base, stop context.Context, q <-chan kafkago.Message) {
 	if c.bh != nil {
 		c.workBatches(base, stop, q)
 		return
@@ -279,39 +279,39 @@ func (c *Consumer) publish(ctx context.Context, msg kafkago.Message, topic strin
 
 // workBatches takes what is queued, up to the batch size, without waiting
 // for more: a batch never delays a message that could be handled now.
-func (c *Consumer) workBatches(base, stop context.Context, q chan kafkago.Message) {
-	for first := range q {
-		if stop.Err() != nil {
-			continue
+// Partitions may share a worker, so what it takes goes into per-partition
+// lanes and each batch is cut from one of them: one partition, in offset
+// order, so its commit covers only messages its handler got. At most a
+// batch's worth waits in the lanes.
+func (c *Consumer) workBatches(base, stop context.Context, q <-chan kafkago.Message) {
+	var l lanes
+	for open := true; open || l.len() > 0; {
+		if l.len() == 0 {
+			m, ok := <-q
+			if !ok {
+				return
+			}
+			l.push(m)
 		}
-		batch := []kafkago.Message{first}
 	more:
-		for len(batch) < c.batch {
+		for open && l.len() < c.batch {
 			select {
 			case m, ok := <-q:
 				if !ok {
+					open = false
 					break more
 				}
-				batch = append(batch, m)
+				l.push(m)
 			default:
 				break more
 			}
 		}
-		// Partitions may share a worker, so split the batch by partition:
-		// one commit per partition, and each span names one destination.
-		for len(batch) > 0 {
-			part := batch[:0:0]
-			rest := batch[:0]
-			for _, m := range batch {
-				if m.Topic == batch[0].Topic && m.Partition == batch[0].Partition {
-					part = append(part, m)
-				} else {
-					rest = append(rest, m)
-				}
-			}
-			c.handleBatch(base, stop, part)
-			batch = rest
+		if stop.Err() != nil {
+			// Fetched, not started: left uncommitted for the next
+			// consumer. Run's fetch loop no longer sends once stop is done.
+			return
 		}
+		c.handleBatch(base, stop, l.next(c.batch))
 	}
 }
 

@@ -53,7 +53,7 @@ type Consumer struct {
 	bh    BatchHandler
 	batch int
 	pub   *kafkago.Writer
-	own   bool // pub was made here, so Run closes it
+	own   *kafkago.Transport // pub's connections when pub was made here: Run closes both
 	seed  maphash.Seed
 }
 
@@ -84,15 +84,18 @@ func newConsumer(r *kafkago.Reader, opts []tracebridge.Option) *Consumer {
 	t := msgtrace.New(System, opts)
 	c := &Consumer{r: r, rd: newReader(r, t), t: t, seed: maphash.MakeSeed()}
 	if t.RetryDestination != "" || t.DeadLetter != "" {
+		// A transport of its own: on kafka-go's process-wide default one,
+		// the writer's connections and their goroutines would outlive Run.
+		c.own = &kafkago.Transport{}
 		c.pub = &kafkago.Writer{
 			Addr:                   kafkago.TCP(r.Config().Brokers...),
+			Transport:              c.own,
 			Balancer:               &kafkago.Hash{}, // same key, same partition: per-key order survives the hop
 			RequiredAcks:           kafkago.RequireAll,
 			BatchSize:              1, // a republish is a single synchronous write; do not wait for a batch to fill
 			MaxAttempts:            3,
 			AllowAutoTopicCreation: true,
 		}
-		c.own = true
 	}
 	return c
 }
@@ -101,7 +104,7 @@ func newConsumer(r *kafkago.Reader, opts []tracebridge.Option) *Consumer {
 // letters, instead of the one NewConsumer builds from the reader's brokers.
 // Call it before Run. The Consumer does not close a writer set here.
 func (c *Consumer) SetPublisher(w *kafkago.Writer) {
-	c.pub, c.own = w, false
+	c.pub, c.own = w, nil
 }
 
 // Extract returns ctx with the journey (trace, baggage, session) of msg,
@@ -162,10 +165,11 @@ fetch:
 	if runErr != nil {
 		errs = append(errs, runErr)
 	}
-	if c.own && c.pub != nil {
+	if c.own != nil {
 		if err := c.pub.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("tracebridge/kafka: close retry/dead-letter writer: %w", err))
 		}
+		c.own.CloseIdleConnections() // Writer.Close leaves a Transport it was given open
 	}
 	// Close flushes commits that a CommitInterval reader still holds.
 	if err := c.r.Close(); err != nil {

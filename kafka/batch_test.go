@@ -84,12 +84,16 @@ func committedOffsets(t testing.TB, addrs []string, group, topic string, partiti
 
 // fetchCommitted is committedOffsets for a goroutine that cannot fail a test.
 func fetchCommitted(addrs []string, group, topic string, partitions int) ([]int64, error) {
+	cl, done := adminClient(addrs)
+	defer done()
+	return fetchCommittedWith(cl, group, topic, partitions)
+}
+
+func fetchCommittedWith(cl *kafkago.Client, group, topic string, partitions int) ([]int64, error) {
 	ids := make([]int, partitions)
 	for i := range ids {
 		ids[i] = i
 	}
-	cl, done := adminClient(addrs)
-	defer done()
 	res, err := cl.OffsetFetch(context.Background(), &kafkago.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{topic: ids}})
 	if err == nil && !errors.Is(res.Error, kafkago.GroupIdNotFound) { // no group yet: nothing committed
 		err = res.Error
@@ -324,4 +328,45 @@ func TestBatchConsumerAtLeastOnceRestart(t *testing.T) {
 	l.check(t)
 	_, calls := l.count()
 	t.Logf("first consumer handled %d of %d; %d handler calls in all, %d duplicates", afterFirst, total, calls, calls-total)
+}
+
+// TestConsumerConcurrencyReachesEveryPartition gives a Consumer as many
+// workers as its topic has partitions, with handlers that wait until every
+// partition has one running: WithConcurrency(n) over n partitions must
+// handle all n at once, not queue some behind others on a shared worker.
+func TestConsumerConcurrencyReachesEveryPartition(t *testing.T) {
+	const partitions = 8
+	addrs := testenv.Kafka(t)
+	topic := newTopic("spread")
+	createTopic(t, addrs, topic, partitions)
+	produceSpread(t, addrs, topic, partitions, 1)
+
+	var (
+		mu      sync.Mutex
+		running = make(map[int]bool)
+		all     = make(chan struct{})
+	)
+	c := tbkafka.NewConsumer(groupReader(addrs, newTopic("g"), 0, topic), func(_ context.Context, msg kafkago.Message) error {
+		mu.Lock()
+		running[msg.Partition] = true
+		if len(running) == partitions {
+			close(all)
+		}
+		mu.Unlock()
+		select {
+		case <-all:
+			return nil
+		case <-time.After(5 * time.Second):
+			return errors.New("not every partition got a worker")
+		}
+	}, tracebridge.WithConcurrency(partitions))
+	stop := runConsumer(t, c.Run)
+	select {
+	case <-all:
+	case <-time.After(10 * time.Second):
+		mu.Lock()
+		defer mu.Unlock()
+		t.Fatalf("WithConcurrency(%d) over %d partitions: only %d handlers ran at once", partitions, partitions, len(running))
+	}
+	stop()
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/maphash"
 	"io"
 	"slices"
 	"sync"
@@ -54,7 +53,6 @@ type Consumer struct {
 	batch int
 	pub   *kafkago.Writer
 	own   *kafkago.Transport // pub's connections when pub was made here: Run closes both
-	seed  maphash.Seed
 }
 
 // NewConsumer returns a Consumer that runs h over r. r must have a GroupID,
@@ -82,7 +80,7 @@ func NewBatchConsumer(r *kafkago.Reader, h BatchHandler, maxBatch int, opts ...t
 
 func newConsumer(r *kafkago.Reader, opts []tracebridge.Option) *Consumer {
 	t := msgtrace.New(System, opts)
-	c := &Consumer{r: r, rd: newReader(r, t), t: t, seed: maphash.MakeSeed()}
+	c := &Consumer{r: r, rd: newReader(r, t), t: t}
 	if t.RetryDestination != "" || t.DeadLetter != "" {
 		// A transport of its own: on kafka-go's process-wide default one,
 		// the writer's connections and their goroutines would outlive Run.
@@ -179,17 +177,20 @@ fetch:
 }
 
 // queueOf keeps every message of a partition on one worker, which is what
-// keeps them in order and their commits monotonic.
+// keeps them in order and their commits monotonic. A topic's partitions go
+// to consecutive workers from a start its name picks, so with at least as
+// many workers as partitions each has its own; hashing the partition would
+// have put two of n partitions on one worker most of the time, handling
+// them one after the other.
 func (c *Consumer) queueOf(m *kafkago.Message, n int) int {
 	if n == 1 {
 		return 0
 	}
-	var h maphash.Hash
-	h.SetSeed(c.seed)
-	h.WriteString(m.Topic)
-	h.WriteByte(byte(m.Partition))
-	h.WriteByte(byte(m.Partition >> 8))
-	return int(h.Sum64() % uint64(n))
+	h := uint32(2166136261) // FNV-1a of the topic
+	for i := 0; i < len(m.Topic); i++ {
+		h = (h ^ uint32(m.Topic[i])) * 16777619
+	}
+	return int((uint64(h) + uint64(m.Partition)) % uint64(n))
 }
 
 func (c *Consumer) work(base, stop context.Context, q <-chan kafkago.Message) {

@@ -68,8 +68,9 @@ func NewConsumer(r *kafkago.Reader, h Handler, opts ...tracebridge.Option) *Cons
 }
 
 // NewBatchConsumer returns a Consumer that hands h up to maxBatch messages
-// of one partition at a time, whatever has arrived, without waiting for a
-// full batch. A failed batch is retried in place as a whole; after the last
+// of one partition at a time, in offset order, whatever has arrived,
+// without waiting for a full batch; its commit covers that batch and
+// nothing the handler has not had. A failed batch is retried in place as a whole; after the last
 // attempt each of its messages is dead-lettered (or given up) and the batch
 // committed.
 func NewBatchConsumer(r *kafkago.Reader, h BatchHandler, maxBatch int, opts ...tracebridge.Option) *Consumer {

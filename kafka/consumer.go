@@ -7,6 +7,7 @@ import (
 	"io"
 	"slices"
 	"sync"
+	"time"
 
 	kafkago "github.com/segmentio/kafka-go"
 	"go.opentelemetry.io/otel/propagation"
@@ -53,6 +54,7 @@ type Consumer struct {
 	batch int
 	pub   *kafkago.Writer
 	own   *kafkago.Transport // pub's connections when pub was made here: Run closes both
+	grace time.Duration      // how long a commit may wait for the group once Run stops
 }
 
 // NewConsumer returns a Consumer that runs h over r. r must have a GroupID,
@@ -81,7 +83,10 @@ func NewBatchConsumer(r *kafkago.Reader, h BatchHandler, maxBatch int, opts ...t
 
 func newConsumer(r *kafkago.Reader, opts []tracebridge.Option) *Consumer {
 	t := msgtrace.New(System, opts)
-	c := &Consumer{r: r, rd: newReader(r, t), t: t}
+	c := &Consumer{r: r, rd: newReader(r, t), t: t, grace: r.Config().RebalanceTimeout}
+	if c.grace <= 0 {
+		c.grace = 30 * time.Second // kafka-go's default rebalance timeout
+	}
 	if t.RetryDestination != "" || t.DeadLetter != "" {
 		// A transport of its own: on kafka-go's process-wide default one,
 		// the writer's connections and their goroutines would outlive Run.
@@ -118,12 +123,25 @@ func (c *Consumer) Extract(ctx context.Context, msg kafkago.Message) context.Con
 // finish and commit, leaves fetched messages it did not start uncommitted
 // (they are delivered again), and closes the reader. Handlers run under a
 // context that keeps ctx's values but not its cancellation, so shutdown
-// does not abort them halfway. Run returns nil after a shutdown by ctx.
+// does not abort them halfway. A commit waits for the group as long as it
+// takes while Run runs, but once it shuts down no longer than the reader's
+// RebalanceTimeout (30s if unset), the longest a healthy group keeps a
+// commit waiting: a broker that is gone cannot hold Run forever, and a
+// commit given up leaves its messages to be delivered again. Run returns
+// nil after a shutdown by ctx.
 func (c *Consumer) Run(ctx context.Context) error {
 	if c.h == nil && c.bh == nil {
 		return errors.New("tracebridge/kafka: Consumer has no handler")
 	}
-	base := msgtrace.Detach(ctx)
+	// The workers stop when ctx is done or the reader failed, whichever
+	// ends the fetching: either way nothing more is coming.
+	stop, stopWorkers := context.WithCancel(ctx)
+	defer stopWorkers()
+	s := &session{base: msgtrace.Detach(ctx), stop: stop, grace: c.grace}
+	var cancelCommits context.CancelFunc
+	s.commits, cancelCommits = context.WithCancel(context.Background())
+	defer cancelCommits()
+	release := cancelAfter(stop, c.grace, cancelCommits)
 	n := c.t.Concurrency
 	queues := make([]chan kafkago.Message, n)
 	var wg sync.WaitGroup
@@ -132,7 +150,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c.work(base, ctx, queues[i])
+			c.work(s, queues[i])
 		}()
 	}
 
@@ -156,10 +174,12 @@ fetch:
 			break fetch
 		}
 	}
+	stopWorkers()
 	for _, q := range queues {
 		close(q)
 	}
 	wg.Wait()
+	release()
 	var errs []error
 	if runErr != nil {
 		errs = append(errs, runErr)
@@ -175,6 +195,36 @@ fetch:
 		errs = append(errs, fmt.Errorf("tracebridge/kafka: close reader: %w", err))
 	}
 	return errors.Join(errs...)
+}
+
+// session is what the workers of one Run share.
+type session struct {
+	base    context.Context // handlers run under it: Run's values, not its cancellation
+	stop    context.Context // Run's ctx: done when the consumer stops
+	commits context.Context // commits wait under it: cancelled grace after stop
+	grace   time.Duration
+}
+
+// cancelAfter calls cancel d after stop is done, unless release comes
+// first. release returns once the goroutine it started has ended.
+func cancelAfter(stop context.Context, d time.Duration, cancel func()) (release func()) {
+	quit, ended := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(ended)
+		select {
+		case <-stop.Done():
+		case <-quit:
+			return
+		}
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			cancel()
+		case <-quit:
+		}
+	}()
+	return func() { close(quit); <-ended }
 }
 
 // queueOf keeps every message of a partition on one worker, which is what
@@ -194,17 +244,17 @@ func (c *Consumer) queueOf(m *kafkago.Message, n int) int {
 	return int((uint64(h) + uint64(m.Partition)) % uint64(n))
 }
 
-func (c *Consumer) work(base, stop context.Context, q <-chan kafkago.Message) {
+func (c *Consumer) work(s *session, q <-chan kafkago.Message) {
 	if c.bh != nil {
-		c.workBatches(base, stop, q)
+		c.workBatches(s, q)
 		return
 	}
-	w := c.newWorker()
+	w := c.newWorker(s)
 	for msg := range q {
-		if stop.Err() != nil {
+		if s.stop.Err() != nil {
 			continue // fetched, not started: leave it uncommitted for the next consumer
 		}
-		w.handle(base, stop, msg)
+		w.handle(msg)
 	}
 }
 
@@ -214,12 +264,13 @@ func (c *Consumer) work(base, stop context.Context, q <-chan kafkago.Message) {
 // copy of the message, would cost three allocations per message.
 type worker struct {
 	c   *Consumer
+	ses *session
 	msg kafkago.Message
 	s   msgtrace.Settlement
 }
 
-func (c *Consumer) newWorker() *worker {
-	w := &worker{c: c}
+func (c *Consumer) newWorker(ses *session) *worker {
+	w := &worker{c: c, ses: ses}
 	w.s = msgtrace.Settlement{Handle: w.run, Ack: w.commit, AckOp: "commit"}
 	if c.t.RetryDestination != "" && c.pub != nil {
 		w.s.Republish = w.republish
@@ -230,8 +281,8 @@ func (c *Consumer) newWorker() *worker {
 	return w
 }
 
-func (w *worker) run(ctx context.Context) error    { return w.c.h(ctx, w.msg) }
-func (w *worker) commit(ctx context.Context) error { return w.c.commit(ctx, w.msg) }
+func (w *worker) run(ctx context.Context) error { return w.c.h(ctx, w.msg) }
+func (w *worker) commit(context.Context) error  { return w.c.commit(w.ses, w.msg) }
 
 func (w *worker) republish(ctx context.Context, r carrier.Retry) error {
 	return w.c.publish(ctx, w.msg, w.c.t.RetryDestination, func(hc Carrier) { w.c.t.Carrier().InjectRetry(hc, r) })
@@ -248,16 +299,26 @@ func (w *worker) deadLetter(ctx context.Context, last trace.SpanContext, dl carr
 
 // handle runs Deliver for msg, which settles it before returning; nothing
 // keeps w.msg or the Delivery built from it beyond that.
-func (w *worker) handle(base, stop context.Context, msg kafkago.Message) {
+func (w *worker) handle(msg kafkago.Message) {
 	w.msg = msg
 	defer func() { w.msg = kafkago.Message{} }() // drop the payload for the GC while idle
-	if _, err := w.c.t.Deliver(base, stop, w.c.rd.delivery(&w.msg), w.s); err != nil && !errors.Is(err, msgtrace.ErrStopped) {
-		w.c.t.Logger.WarnContext(base, "tracebridge/kafka: message left uncommitted; it will be delivered again",
+	if _, err := w.c.t.Deliver(w.ses.base, w.ses.stop, w.c.rd.delivery(&w.msg), w.s); err != nil && !errors.Is(err, msgtrace.ErrStopped) {
+		w.c.t.Logger.WarnContext(w.ses.base, "tracebridge/kafka: message left uncommitted; it will be delivered again",
 			"topic", msg.Topic, "partition", msg.Partition, "offset", msg.Offset, "error", err)
 	}
 }
 
-func (c *Consumer) commit(ctx context.Context, msgs ...kafkago.Message) error {
+// commit commits msgs under s.commits: for as long as the group needs
+// while the consumer runs, for the grace once it stops.
+func (c *Consumer) commit(s *session, msgs ...kafkago.Message) error {
+	ctx := s.commits
+	if ctx.Err() != nil {
+		// A handler that finished after the grace ran out: its commit
+		// gets a grace of its own, as it would have at the stop.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(context.Background(), s.grace)
+		defer cancel()
+	}
 	if err := c.r.CommitMessages(ctx, msgs...); err != nil {
 		return fmt.Errorf("tracebridge/kafka: commit %s: %w", describePos(&msgs[len(msgs)-1]), err)
 	}
@@ -289,7 +350,7 @@ func (c *Consumer) publish(ctx context.Context, msg kafkago.Message, topic strin
 // lanes and each batch is cut from one of them: one partition, in offset
 // order, so its commit covers only messages its handler got. At most a
 // batch's worth waits in the lanes.
-func (c *Consumer) workBatches(base, stop context.Context, q <-chan kafkago.Message) {
+func (c *Consumer) workBatches(s *session, q <-chan kafkago.Message) {
 	var l lanes
 	for open := true; open || l.len() > 0; {
 		if l.len() == 0 {
@@ -312,16 +373,16 @@ func (c *Consumer) workBatches(base, stop context.Context, q <-chan kafkago.Mess
 				break more
 			}
 		}
-		if stop.Err() != nil {
+		if s.stop.Err() != nil {
 			// Fetched, not started: left uncommitted for the next
 			// consumer. Run's fetch loop no longer sends once stop is done.
 			return
 		}
-		c.handleBatch(base, stop, l.next(c.batch))
+		c.handleBatch(s, l.next(c.batch))
 	}
 }
 
-func (c *Consumer) handleBatch(base, stop context.Context, msgs []kafkago.Message) {
+func (c *Consumer) handleBatch(s *session, msgs []kafkago.Message) {
 	carriers := make([]propagation.TextMapCarrier, len(msgs))
 	for i := range msgs {
 		carriers[i] = NewCarrier(&msgs[i].Headers)
@@ -331,25 +392,25 @@ func (c *Consumer) handleBatch(base, stop context.Context, msgs []kafkago.Messag
 	var err error
 	var prev trace.SpanContext
 	for attempt := 1; ; attempt++ {
-		bctx, p := c.t.StartBatchProcess(base, m, carriers, attempt, prev)
+		bctx, p := c.t.StartBatchProcess(s.base, m, carriers, attempt, prev)
 		prev = p.SpanContext()
 		err = msgtrace.Call(func() error { return c.bh(bctx, msgs) })
 		final := p.Final(err)
 		if err == nil || final {
-			if err != nil && !c.giveUpBatch(bctx, stop, msgs, err, attempt) {
+			if err != nil && !c.giveUpBatch(bctx, s.stop, msgs, err, attempt) {
 				// Stopped before every message reached the dead-letter
 				// topic: committing now could lose one.
 				p.Settle(bctx, "commit", msgtrace.ErrStopped)
 				p.End(bctx, err, final)
 				return
 			}
-			cerr := c.commit(bctx, msgs...)
+			cerr := c.commit(s, msgs...)
 			p.Settle(bctx, "commit", cerr)
 			p.End(bctx, err, final)
 			return
 		}
 		p.End(bctx, err, false)
-		if stop.Err() != nil || !msgtrace.Sleep(stop, c.t.Backoff.Delay(attempt)) {
+		if s.stop.Err() != nil || !msgtrace.Sleep(s.stop, c.t.Backoff.Delay(attempt)) {
 			return // uncommitted: the batch is delivered again
 		}
 	}

@@ -3,6 +3,7 @@ package kafka_test
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -255,4 +256,69 @@ func TestWriterCloseWithBatchesInFlight(t *testing.T) {
 	}
 	t.Logf("Close returned in %s with batches in flight (batch timeout %s)", took, batchTimeout)
 	verify()
+}
+
+// TestConsumerStopWithBrokerGone kills the broker while a handler is
+// running and lets the handler finish once the reader has noticed: its
+// commit can never succeed. Whether the Consumer is then stopped, or its
+// reader gives up on the group by itself, Run must return, within the
+// reader's rebalance timeout (the longest a healthy group keeps a commit
+// waiting) plus the reader's own shutdown, instead of waiting for the
+// broker forever.
+func TestConsumerStopWithBrokerGone(t *testing.T) {
+	for _, stop := range []bool{true, false} {
+		name := "stopped"
+		if !stop {
+			name = "reader fails"
+		}
+		t.Run(name, func(t *testing.T) {
+			addrs, stopBroker, err := testenv.StartKafka()
+			if err != nil {
+				t.Fatalf("start a broker of this test's own: %v", err)
+			}
+			defer stopBroker()
+			topic := newTopic("gone")
+			createTopic(t, addrs, topic, 1)
+			produceSpread(t, addrs, topic, 1, 3)
+			entered := make(chan struct{}, 3)
+			release := make(chan struct{})
+			r := groupReader(addrs, newTopic("g"), 0, topic)
+			c := tbkafka.NewConsumer(r, func(context.Context, kafkago.Message) error {
+				entered <- struct{}{}
+				<-release
+				return nil
+			}, tracebridge.WithLogger(slog.New(slog.DiscardHandler)))
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			done := runAsync(ctx, c.Run)
+			select {
+			case <-entered:
+			case <-time.After(30 * time.Second):
+				t.Fatal("no message handled")
+			}
+			stopBroker()
+			if stop {
+				cancel()
+			}
+			// Let the reader notice (heartbeats every 500ms) and end its
+			// generation: from then on a commit waits for the next one.
+			time.Sleep(4 * r.Config().HeartbeatInterval)
+			close(release)
+			bound := 10 * r.Config().RebalanceTimeout
+			start := time.Now()
+			select {
+			case err = <-done:
+			case <-time.After(bound):
+				t.Fatalf("Run did not return within %s of the handler's end with the broker gone", bound)
+			}
+			if stop && err != nil {
+				t.Fatalf("Run after a stop: %v", err)
+			}
+			if !stop && err == nil {
+				t.Fatal("Run returned nil although the reader failed and nobody stopped it")
+			}
+			t.Logf("Run returned %s after the handler's end with the broker gone (rebalance timeout %s): %v",
+				time.Since(start), r.Config().RebalanceTimeout, err)
+		})
+	}
 }

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -369,4 +371,62 @@ func TestConsumerConcurrencyReachesEveryPartition(t *testing.T) {
 		t.Fatalf("WithConcurrency(%d) over %d partitions: only %d handlers ran at once", partitions, partitions, len(running))
 	}
 	stop()
+}
+
+// TestBatchConsumerStartsNothingAfterStop stops a BatchConsumer while
+// its handler runs a batch cut from a queue that holds every partition's
+// messages: once the running batch finishes, no other batch may start,
+// not even of the messages it had already taken off its queue. Fetched
+// messages it did not start stay uncommitted for the next consumer.
+func TestBatchConsumerStartsNothingAfterStop(t *testing.T) {
+	const partitions, perPartition = 3, 10
+	addrs := testenv.Kafka(t)
+	topic, group := newTopic("batch-stop"), newTopic("g")
+	createTopic(t, addrs, topic, partitions)
+	produceSpread(t, addrs, topic, partitions, perPartition)
+
+	var (
+		calls    atomic.Int64
+		stopped  atomic.Bool
+		late     atomic.Int64
+		blocked  = make(chan struct{})
+		release  = make(chan struct{})
+		inFlight []kafkago.Message
+	)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c := tbkafka.NewBatchConsumer(groupReader(addrs, group, 0, topic), func(_ context.Context, msgs []kafkago.Message) error {
+		if stopped.Load() {
+			late.Add(1)
+			return nil
+		}
+		switch calls.Add(1) {
+		case 1:
+			time.Sleep(200 * time.Millisecond) // every partition's messages reach the queue
+		case 2:
+			inFlight = slices.Clone(msgs)
+			close(blocked)
+			<-release
+		}
+		return nil
+	}, 100, tracebridge.WithConcurrency(1))
+	done := runAsync(ctx, c.Run)
+	select {
+	case <-blocked:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no second batch")
+	}
+	stopped.Store(true)
+	cancel()
+	close(release)
+	waitRun(t, "BatchConsumer", done, 30*time.Second)
+	if n := late.Load(); n > 0 {
+		t.Fatalf("%d batches started after the stop", n)
+	}
+	got := committedOffsets(t, addrs, group, topic, partitions)
+	last := inFlight[len(inFlight)-1]
+	if got[last.Partition] != last.Offset+1 {
+		t.Fatalf("partition %d committed at %d, want %d: the batch running at the stop finishes and commits", last.Partition, got[last.Partition], last.Offset+1)
+	}
+	t.Logf("batch at the stop: %s; committed %v", describe(inFlight), got)
 }

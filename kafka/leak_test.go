@@ -264,7 +264,7 @@ func TestWriterCloseWithBatchesInFlight(t *testing.T) {
 // reader gives up on the group by itself, Run must return, within the
 // reader's rebalance timeout (the longest a healthy group keeps a commit
 // waiting) plus the reader's own shutdown, instead of waiting for the
-// broker forever.
+// broker forever, and leave no goroutine behind.
 func TestConsumerStopWithBrokerGone(t *testing.T) {
 	for _, stop := range []bool{true, false} {
 		name := "stopped"
@@ -280,6 +280,7 @@ func TestConsumerStopWithBrokerGone(t *testing.T) {
 			topic := newTopic("gone")
 			createTopic(t, addrs, topic, 1)
 			produceSpread(t, addrs, topic, 1, 3)
+			verify := noLeaks(t)
 			entered := make(chan struct{}, 3)
 			release := make(chan struct{})
 			r := groupReader(addrs, newTopic("g"), 0, topic)
@@ -319,6 +320,7 @@ func TestConsumerStopWithBrokerGone(t *testing.T) {
 			}
 			t.Logf("Run returned %s after the handler's end with the broker gone (rebalance timeout %s): %v",
 				time.Since(start), r.Config().RebalanceTimeout, err)
+			verify()
 		})
 	}
 }

@@ -72,9 +72,9 @@ func NewConsumer(r *kafkago.Reader, h Handler, opts ...tracebridge.Option) *Cons
 // NewBatchConsumer returns a Consumer that hands h up to maxBatch messages
 // of one partition at a time, in offset order, whatever has arrived,
 // without waiting for a full batch; its commit covers that batch and
-// nothing the handler has not had. A failed batch is retried in place as a whole; after the last
-// attempt each of its messages is dead-lettered (or given up) and the batch
-// committed.
+// nothing the handler has not had. A failed batch is retried in place as a
+// whole; after the last attempt each of its messages is dead-lettered (or
+// given up) and the batch committed.
 func NewBatchConsumer(r *kafkago.Reader, h BatchHandler, maxBatch int, opts ...tracebridge.Option) *Consumer {
 	c := newConsumer(r, opts)
 	c.bh, c.batch = h, max(maxBatch, 1)
@@ -200,7 +200,7 @@ fetch:
 // session is what the workers of one Run share.
 type session struct {
 	base    context.Context // handlers run under it: Run's values, not its cancellation
-	stop    context.Context // Run's ctx: done when the consumer stops
+	stop    context.Context // done when Run's ctx is, or when the reader failed
 	commits context.Context // commits wait under it: cancelled grace after stop
 	grace   time.Duration
 }

@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/maphash"
 	"io"
 	"slices"
 	"sync"
+	"time"
 
 	kafkago "github.com/segmentio/kafka-go"
 	"go.opentelemetry.io/otel/propagation"
@@ -53,8 +53,8 @@ type Consumer struct {
 	bh    BatchHandler
 	batch int
 	pub   *kafkago.Writer
-	own   bool // pub was made here, so Run closes it
-	seed  maphash.Seed
+	own   *kafkago.Transport // pub's connections when pub was made here: Run closes both
+	grace time.Duration      // how long a commit may wait for the group once Run stops
 }
 
 // NewConsumer returns a Consumer that runs h over r. r must have a GroupID,
@@ -70,10 +70,11 @@ func NewConsumer(r *kafkago.Reader, h Handler, opts ...tracebridge.Option) *Cons
 }
 
 // NewBatchConsumer returns a Consumer that hands h up to maxBatch messages
-// of one partition at a time, whatever has arrived, without waiting for a
-// full batch. A failed batch is retried in place as a whole; after the last
-// attempt each of its messages is dead-lettered (or given up) and the batch
-// committed.
+// of one partition at a time, in offset order, whatever has arrived,
+// without waiting for a full batch; its commit covers that batch and
+// nothing the handler has not had. A failed batch is retried in place as a
+// whole; after the last attempt each of its messages is dead-lettered (or
+// given up) and the batch committed.
 func NewBatchConsumer(r *kafkago.Reader, h BatchHandler, maxBatch int, opts ...tracebridge.Option) *Consumer {
 	c := newConsumer(r, opts)
 	c.bh, c.batch = h, max(maxBatch, 1)
@@ -82,17 +83,23 @@ func NewBatchConsumer(r *kafkago.Reader, h BatchHandler, maxBatch int, opts ...t
 
 func newConsumer(r *kafkago.Reader, opts []tracebridge.Option) *Consumer {
 	t := msgtrace.New(System, opts)
-	c := &Consumer{r: r, rd: newReader(r, t), t: t, seed: maphash.MakeSeed()}
+	c := &Consumer{r: r, rd: newReader(r, t), t: t, grace: r.Config().RebalanceTimeout}
+	if c.grace <= 0 {
+		c.grace = 30 * time.Second // kafka-go's default rebalance timeout
+	}
 	if t.RetryDestination != "" || t.DeadLetter != "" {
+		// A transport of its own: on kafka-go's process-wide default one,
+		// the writer's connections and their goroutines would outlive Run.
+		c.own = &kafkago.Transport{}
 		c.pub = &kafkago.Writer{
 			Addr:                   kafkago.TCP(r.Config().Brokers...),
+			Transport:              c.own,
 			Balancer:               &kafkago.Hash{}, // same key, same partition: per-key order survives the hop
 			RequiredAcks:           kafkago.RequireAll,
 			BatchSize:              1, // a republish is a single synchronous write; do not wait for a batch to fill
 			MaxAttempts:            3,
 			AllowAutoTopicCreation: true,
 		}
-		c.own = true
 	}
 	return c
 }
@@ -101,7 +108,7 @@ func newConsumer(r *kafkago.Reader, opts []tracebridge.Option) *Consumer {
 // letters, instead of the one NewConsumer builds from the reader's brokers.
 // Call it before Run. The Consumer does not close a writer set here.
 func (c *Consumer) SetPublisher(w *kafkago.Writer) {
-	c.pub, c.own = w, false
+	c.pub, c.own = w, nil
 }
 
 // Extract returns ctx with the journey (trace, baggage, session) of msg,
@@ -116,12 +123,25 @@ func (c *Consumer) Extract(ctx context.Context, msg kafkago.Message) context.Con
 // finish and commit, leaves fetched messages it did not start uncommitted
 // (they are delivered again), and closes the reader. Handlers run under a
 // context that keeps ctx's values but not its cancellation, so shutdown
-// does not abort them halfway. Run returns nil after a shutdown by ctx.
+// does not abort them halfway. A commit waits for the group as long as it
+// takes while Run runs, but once it shuts down no longer than the reader's
+// RebalanceTimeout (30s if unset), the longest a healthy group keeps a
+// commit waiting: a broker that is gone cannot hold Run forever, and a
+// commit given up leaves its messages to be delivered again. Run returns
+// nil after a shutdown by ctx.
 func (c *Consumer) Run(ctx context.Context) error {
 	if c.h == nil && c.bh == nil {
 		return errors.New("tracebridge/kafka: Consumer has no handler")
 	}
-	base := msgtrace.Detach(ctx)
+	// The workers stop when ctx is done or the reader failed, whichever
+	// ends the fetching: either way nothing more is coming.
+	stop, stopWorkers := context.WithCancel(ctx)
+	defer stopWorkers()
+	s := &session{base: msgtrace.Detach(ctx), stop: stop, grace: c.grace}
+	var cancelCommits context.CancelFunc
+	s.commits, cancelCommits = context.WithCancel(context.Background())
+	defer cancelCommits()
+	release := cancelAfter(stop, c.grace, cancelCommits)
 	n := c.t.Concurrency
 	queues := make([]chan kafkago.Message, n)
 	var wg sync.WaitGroup
@@ -130,7 +150,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c.work(base, ctx, queues[i])
+			c.work(s, queues[i])
 		}()
 	}
 
@@ -154,18 +174,21 @@ fetch:
 			break fetch
 		}
 	}
+	stopWorkers()
 	for _, q := range queues {
 		close(q)
 	}
 	wg.Wait()
+	release()
 	var errs []error
 	if runErr != nil {
 		errs = append(errs, runErr)
 	}
-	if c.own && c.pub != nil {
+	if c.own != nil {
 		if err := c.pub.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("tracebridge/kafka: close retry/dead-letter writer: %w", err))
 		}
+		c.own.CloseIdleConnections() // Writer.Close leaves a Transport it was given open
 	}
 	// Close flushes commits that a CommitInterval reader still holds.
 	if err := c.r.Close(); err != nil {
@@ -174,31 +197,64 @@ fetch:
 	return errors.Join(errs...)
 }
 
+// session is what the workers of one Run share.
+type session struct {
+	base    context.Context // handlers run under it: Run's values, not its cancellation
+	stop    context.Context // done when Run's ctx is, or when the reader failed
+	commits context.Context // commits wait under it: cancelled grace after stop
+	grace   time.Duration
+}
+
+// cancelAfter calls cancel d after stop is done, unless release comes
+// first. release returns once the goroutine it started has ended.
+func cancelAfter(stop context.Context, d time.Duration, cancel func()) (release func()) {
+	quit, ended := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(ended)
+		select {
+		case <-stop.Done():
+		case <-quit:
+			return
+		}
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			cancel()
+		case <-quit:
+		}
+	}()
+	return func() { close(quit); <-ended }
+}
+
 // queueOf keeps every message of a partition on one worker, which is what
-// keeps them in order and their commits monotonic.
+// keeps them in order and their commits monotonic. A topic's partitions go
+// to consecutive workers from a start its name picks, so with at least as
+// many workers as partitions each has its own; hashing the partition would
+// have put two of n partitions on one worker most of the time, handling
+// them one after the other.
 func (c *Consumer) queueOf(m *kafkago.Message, n int) int {
 	if n == 1 {
 		return 0
 	}
-	var h maphash.Hash
-	h.SetSeed(c.seed)
-	h.WriteString(m.Topic)
-	h.WriteByte(byte(m.Partition))
-	h.WriteByte(byte(m.Partition >> 8))
-	return int(h.Sum64() % uint64(n))
+	h := uint32(2166136261) // FNV-1a of the topic
+	for i := 0; i < len(m.Topic); i++ {
+		h = (h ^ uint32(m.Topic[i])) * 16777619
+	}
+	return int((uint64(h) + uint64(m.Partition)) % uint64(n))
 }
 
-func (c *Consumer) work(base, stop context.Context, q chan kafkago.Message) {
+func (c *Consumer) work(s *session, q <-chan kafkago.Message) {
 	if c.bh != nil {
-		c.workBatches(base, stop, q)
+		c.workBatches(s, q)
 		return
 	}
-	w := c.newWorker()
+	w := c.newWorker(s)
 	for msg := range q {
-		if stop.Err() != nil {
+		if s.stop.Err() != nil {
 			continue // fetched, not started: leave it uncommitted for the next consumer
 		}
-		w.handle(base, stop, msg)
+		w.handle(msg)
 	}
 }
 
@@ -208,12 +264,13 @@ func (c *Consumer) work(base, stop context.Context, q chan kafkago.Message) {
 // copy of the message, would cost three allocations per message.
 type worker struct {
 	c   *Consumer
+	ses *session
 	msg kafkago.Message
 	s   msgtrace.Settlement
 }
 
-func (c *Consumer) newWorker() *worker {
-	w := &worker{c: c}
+func (c *Consumer) newWorker(ses *session) *worker {
+	w := &worker{c: c, ses: ses}
 	w.s = msgtrace.Settlement{Handle: w.run, Ack: w.commit, AckOp: "commit"}
 	if c.t.RetryDestination != "" && c.pub != nil {
 		w.s.Republish = w.republish
@@ -224,8 +281,8 @@ func (c *Consumer) newWorker() *worker {
 	return w
 }
 
-func (w *worker) run(ctx context.Context) error    { return w.c.h(ctx, w.msg) }
-func (w *worker) commit(ctx context.Context) error { return w.c.commit(ctx, w.msg) }
+func (w *worker) run(ctx context.Context) error { return w.c.h(ctx, w.msg) }
+func (w *worker) commit(context.Context) error  { return w.c.commit(w.ses, w.msg) }
 
 func (w *worker) republish(ctx context.Context, r carrier.Retry) error {
 	return w.c.publish(ctx, w.msg, w.c.t.RetryDestination, func(hc Carrier) { w.c.t.Carrier().InjectRetry(hc, r) })
@@ -242,16 +299,26 @@ func (w *worker) deadLetter(ctx context.Context, last trace.SpanContext, dl carr
 
 // handle runs Deliver for msg, which settles it before returning; nothing
 // keeps w.msg or the Delivery built from it beyond that.
-func (w *worker) handle(base, stop context.Context, msg kafkago.Message) {
+func (w *worker) handle(msg kafkago.Message) {
 	w.msg = msg
 	defer func() { w.msg = kafkago.Message{} }() // drop the payload for the GC while idle
-	if _, err := w.c.t.Deliver(base, stop, w.c.rd.delivery(&w.msg), w.s); err != nil && !errors.Is(err, msgtrace.ErrStopped) {
-		w.c.t.Logger.WarnContext(base, "tracebridge/kafka: message left uncommitted; it will be delivered again",
+	if _, err := w.c.t.Deliver(w.ses.base, w.ses.stop, w.c.rd.delivery(&w.msg), w.s); err != nil && !errors.Is(err, msgtrace.ErrStopped) {
+		w.c.t.Logger.WarnContext(w.ses.base, "tracebridge/kafka: message left uncommitted; it will be delivered again",
 			"topic", msg.Topic, "partition", msg.Partition, "offset", msg.Offset, "error", err)
 	}
 }
 
-func (c *Consumer) commit(ctx context.Context, msgs ...kafkago.Message) error {
+// commit commits msgs under s.commits: for as long as the group needs
+// while the consumer runs, for the grace once it stops.
+func (c *Consumer) commit(s *session, msgs ...kafkago.Message) error {
+	ctx := s.commits
+	if ctx.Err() != nil {
+		// A handler that finished after the grace ran out: its commit
+		// gets a grace of its own, as it would have at the stop.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(context.Background(), s.grace)
+		defer cancel()
+	}
 	if err := c.r.CommitMessages(ctx, msgs...); err != nil {
 		return fmt.Errorf("tracebridge/kafka: commit %s: %w", describePos(&msgs[len(msgs)-1]), err)
 	}
@@ -279,43 +346,43 @@ func (c *Consumer) publish(ctx context.Context, msg kafkago.Message, topic strin
 
 // workBatches takes what is queued, up to the batch size, without waiting
 // for more: a batch never delays a message that could be handled now.
-func (c *Consumer) workBatches(base, stop context.Context, q chan kafkago.Message) {
-	for first := range q {
-		if stop.Err() != nil {
-			continue
+// Partitions may share a worker, so what it takes goes into per-partition
+// lanes and each batch is cut from one of them: one partition, in offset
+// order, so its commit covers only messages its handler got. At most a
+// batch's worth waits in the lanes.
+func (c *Consumer) workBatches(s *session, q <-chan kafkago.Message) {
+	var l lanes
+	for open := true; open || l.len() > 0; {
+		if l.len() == 0 {
+			m, ok := <-q
+			if !ok {
+				return
+			}
+			l.push(m)
 		}
-		batch := []kafkago.Message{first}
 	more:
-		for len(batch) < c.batch {
+		for open && l.len() < c.batch {
 			select {
 			case m, ok := <-q:
 				if !ok {
+					open = false
 					break more
 				}
-				batch = append(batch, m)
+				l.push(m)
 			default:
 				break more
 			}
 		}
-		// Partitions may share a worker, so split the batch by partition:
-		// one commit per partition, and each span names one destination.
-		for len(batch) > 0 {
-			part := batch[:0:0]
-			rest := batch[:0]
-			for _, m := range batch {
-				if m.Topic == batch[0].Topic && m.Partition == batch[0].Partition {
-					part = append(part, m)
-				} else {
-					rest = append(rest, m)
-				}
-			}
-			c.handleBatch(base, stop, part)
-			batch = rest
+		if s.stop.Err() != nil {
+			// Fetched, not started: left uncommitted for the next
+			// consumer. Run's fetch loop no longer sends once stop is done.
+			return
 		}
+		c.handleBatch(s, l.next(c.batch))
 	}
 }
 
-func (c *Consumer) handleBatch(base, stop context.Context, msgs []kafkago.Message) {
+func (c *Consumer) handleBatch(s *session, msgs []kafkago.Message) {
 	carriers := make([]propagation.TextMapCarrier, len(msgs))
 	for i := range msgs {
 		carriers[i] = NewCarrier(&msgs[i].Headers)
@@ -325,25 +392,25 @@ func (c *Consumer) handleBatch(base, stop context.Context, msgs []kafkago.Messag
 	var err error
 	var prev trace.SpanContext
 	for attempt := 1; ; attempt++ {
-		bctx, p := c.t.StartBatchProcess(base, m, carriers, attempt, prev)
+		bctx, p := c.t.StartBatchProcess(s.base, m, carriers, attempt, prev)
 		prev = p.SpanContext()
 		err = msgtrace.Call(func() error { return c.bh(bctx, msgs) })
 		final := p.Final(err)
 		if err == nil || final {
-			if err != nil && !c.giveUpBatch(bctx, stop, msgs, err, attempt) {
+			if err != nil && !c.giveUpBatch(bctx, s.stop, msgs, err, attempt) {
 				// Stopped before every message reached the dead-letter
 				// topic: committing now could lose one.
 				p.Settle(bctx, "commit", msgtrace.ErrStopped)
 				p.End(bctx, err, final)
 				return
 			}
-			cerr := c.commit(bctx, msgs...)
+			cerr := c.commit(s, msgs...)
 			p.Settle(bctx, "commit", cerr)
 			p.End(bctx, err, final)
 			return
 		}
 		p.End(bctx, err, false)
-		if stop.Err() != nil || !msgtrace.Sleep(stop, c.t.Backoff.Delay(attempt)) {
+		if s.stop.Err() != nil || !msgtrace.Sleep(s.stop, c.t.Backoff.Delay(attempt)) {
 			return // uncommitted: the batch is delivered again
 		}
 	}

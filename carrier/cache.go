@@ -15,7 +15,13 @@ import (
 // header values, keyed by the exact bytes of the header. It is per
 // Propagator, so a result is never reused under another trust policy or
 // allow-list, and bounded in entries and in the length of a cached value,
-// so hostile input cannot grow it.
+// so hostile input cannot grow it. That bounds it in bytes too (see
+// TestCacheEntryBytes): an entry holds at most 8 KiB for a tracestate and
+// 32 KiB for a baggage (64 members with properties, decoded, and the
+// Baggage built from them), so at most 2 MiB and 8 MiB per Propagator.
+// When a message's tracestate and baggage are both small, Extract copies
+// them into one allocation, and whichever entry keeps it holds the other
+// header's bytes too: at most another 2 KiB.
 const (
 	cacheShards   = 16   // spreads lock contention across goroutines
 	cachePerShard = 16   // entries per shard: 256 per cache

@@ -16,6 +16,13 @@ import (
 // that publishes several messages, and every journey whose baggage Extract
 // served from its cache, which hands out one shared Baggage per header value.
 // A Baggage is immutable, so its encoding is remembered by identity.
+//
+// Both inject caches have encSlots slots. An encoding entry holds the
+// encoded header (at most 8192 bytes and the session member) and keeps its
+// Baggage alive, which cacheableBaggage limits to the W3C sizes; an output
+// entry holds one message's values (at most about 8.5 KiB) and its
+// Baggage. A slot of each together holds at most 56 KiB (see
+// TestCacheEntryBytes), 3.5 MiB per Propagator.
 const encSlots = 64
 
 // bagEnc is the encoded baggage header (session member included) that Inject

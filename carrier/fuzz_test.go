@@ -15,7 +15,9 @@ import (
 
 // The fuzz targets check two properties on arbitrary input: nothing panics,
 // and what tracebridge writes after reading x reads back to the same thing,
-// so format(parse(x)) is a fixed point. Seeds live in testdata/fuzz/<Name>/.
+// so format(parse(x)) is a fixed point. Seeds live in testdata/fuzz/<Name>/;
+// the hostile ones are up to 80 KiB, and minimizing an input grown from
+// them takes the fuzzer minutes, so fuzz with -fuzzminimizetime=1s.
 
 func FuzzTraceparent(f *testing.F) {
 	f.Fuzz(func(t *testing.T, v string) {

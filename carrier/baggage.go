@@ -204,7 +204,8 @@ func hasListMember(field string, more []string) bool {
 }
 
 // add takes the list-member raw (trimmed, not empty) into l if it is valid,
-// admitted and fits, and counts it in drop otherwise.
+// admitted and fits, and counts it in drop otherwise. l holds fewer than 64
+// members: parseBaggage stops at 64.
 func (l bagList) add(raw string, keep func(string) bool, drop *dropSink) bagList {
 	key, ok := baggageKey(raw)
 	if !ok {
@@ -222,9 +223,6 @@ func (l bagList) add(raw string, keep func(string) bool, drop *dropSink) bagList
 		// W3C allows duplicates but OpenTelemetry keeps one per key;
 		// the last one wins, as in baggage.Parse.
 		grow -= l.m[i].size
-	case len(l.m) >= maxBaggageMembers:
-		drop.add(dropTooMany)
-		return l
 	case len(l.m) > 0:
 		grow++ // comma
 	}

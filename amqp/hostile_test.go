@@ -87,12 +87,12 @@ func TestHostileHeadersBoundedRetention(t *testing.T) {
 	waitHandled(1)
 	t.Logf("frame_max %d; extract of a %d-byte header: %v", conn.Config.FrameSize, size, testenv.TimeExtract(amqp.Carrier(headers(0))))
 	before := testenv.HeapAfterGC()
-	const n = 32
+	const n = 64
 	for i := 1; i <= n; i++ {
 		send(i)
 	}
 	waitHandled(n + 1)
-	testenv.CheckRetained(t, before, n)
+	testenv.CheckRetained(t, before, n, size)
 	runtime.KeepAlive(c)
 	runtime.KeepAlive(pub)
 	if err := stop(); err != nil {

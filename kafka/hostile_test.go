@@ -28,7 +28,7 @@ const hostileSize = 1<<20 - 512
 // handler forwards each one twice with a wrapped writer, and checks that
 // every handler gets the journey and that once the broker's copies are gone
 // the messages left at most testenv.MaxRetainedPerHostileMessage each in
-// the consumer and the writer.
+// the consumer and the writer (see testenv.CheckRetained).
 func TestHostileHeadersBoundedRetention(t *testing.T) {
 	// A cluster of the test's own, to trim its log afterwards: kfake keeps
 	// every record in this process's heap.
@@ -109,7 +109,7 @@ func TestHostileHeadersBoundedRetention(t *testing.T) {
 	cluster.ApplyRetention()
 	before := testenv.HeapAfterGC()
 
-	const n = 32
+	const n = 64
 	for i := 1; i <= n; i++ {
 		if err := send(i, hostileSize); err != nil {
 			t.Fatal(err)
@@ -117,7 +117,7 @@ func TestHostileHeadersBoundedRetention(t *testing.T) {
 	}
 	waitHandled(n + 1)
 	cluster.ApplyRetention()
-	testenv.CheckRetained(t, before, n)
+	testenv.CheckRetained(t, before, n, hostileSize)
 	runtime.KeepAlive(c)
 	stop()
 	mu.Lock()

@@ -80,14 +80,14 @@ func TestHostileHeadersBoundedRetention(t *testing.T) {
 	waitHandled(1)
 	t.Logf("max_payload %d; extract of a %d-byte header: %v", raw.MaxPayload(), size, testenv.TimeExtract(tnats.HeaderCarrier(msg(0).Header)))
 	before := testenv.HeapAfterGC()
-	const n = 32
+	const n = 64
 	for i := 1; i <= n; i++ {
 		if err := raw.PublishMsg(msg(i)); err != nil {
 			t.Fatal(err)
 		}
 	}
 	waitHandled(n + 1)
-	testenv.CheckRetained(t, before, n)
+	testenv.CheckRetained(t, before, n, size)
 	runtime.KeepAlive(c)
 	mu.Lock()
 	defer mu.Unlock()

@@ -4,6 +4,7 @@ import (
 	"slices"
 	"strings"
 	"unicode/utf8"
+	"unsafe"
 
 	"go.opentelemetry.io/otel/baggage"
 )
@@ -12,6 +13,13 @@ import (
 const (
 	maxBaggageMembers = 64
 	maxBaggageBytes   = 8192
+	// maxBaggageScan is how much of a message's baggage is read: eight
+	// times what W3C asks a receiver to propagate. A producer that keeps to
+	// the limits never sends more, and what lies beyond is dropped unread,
+	// so that a hostile header costs no more to decode than this.
+	maxBaggageScan = 8 * maxBaggageBytes
+	// minBaggageMember is the shortest member, "k=".
+	minBaggageMember = 2
 )
 
 // BaggageFilter decides which baggage keys may leave this process. It is
@@ -125,18 +133,7 @@ type bagMember struct {
 // heap).
 type bagList struct {
 	m     []bagMember
-	bytes int
-}
-
-// with returns l with m appended. It takes and returns l by value: an
-// append through a pointer would move the caller's stack buffer to the heap.
-func (l bagList) with(m bagMember) bagList {
-	if len(l.m) > 0 {
-		l.bytes++ // comma
-	}
-	l.bytes += m.size
-	l.m = append(l.m, m)
-	return l
+	bytes int // encoded size of the members with their commas
 }
 
 func (l *bagList) index(key string) int {
@@ -148,49 +145,162 @@ func (l *bagList) index(key string) int {
 	return -1
 }
 
-// parseBaggageField adds the members of one baggage header field to l.
-// keep decides, after parsing, whether a key is admitted (the trust policy);
-// invalid members, members over the limits and refused keys are dropped one
-// by one and reported to drop.
-func parseBaggageField(l bagList, field string, keep func(string) bool, drop *dropSink) bagList {
-	for field != "" {
-		var raw string
-		raw, field, _ = strings.Cut(field, ",")
-		raw = trimOWS(raw)
-		if raw == "" {
-			continue
+// full reports whether no further member can be kept, and why: l holds 64
+// members, or its bytes leave no room for the shortest one, or scanned
+// input bytes have been read.
+func (l *bagList) full(scanned int) (dropReason, bool) {
+	switch {
+	case len(l.m) >= maxBaggageMembers:
+		return dropTooMany, true
+	case len(l.m) > 0 && l.bytes+1+minBaggageMember > maxBaggageBytes, scanned >= maxBaggageScan:
+		return dropTooLarge, true
+	}
+	return 0, false
+}
+
+// parseBaggage decodes the baggage header fields, combined as RFC 7230
+// combines repeated fields, into l. keep decides whether a key is admitted
+// (the trust policy). Members are taken in order; one that is invalid,
+// refused, or would take the list over 64 members or 8192 bytes is dropped
+// whole and counted in drop, and a later one that still fits is taken. Of
+// duplicate keys the last wins, as in baggage.Parse. Parsing stops once no
+// further member could be kept, and after maxBaggageScan bytes; the rest is
+// dropped unread and counted once. A member's size is checked before its
+// value is decoded, so a member that does not fit costs no allocation. l is
+// passed and returned by value to keep the caller's buffer on the stack.
+func parseBaggage(l bagList, fields []string, keep func(string) bool, drop *dropSink) bagList {
+	scanned := 0
+	for i, field := range fields {
+		for field != "" {
+			if r, full := l.full(scanned); full {
+				if hasListMember(field, fields[i+1:]) {
+					drop.add(r)
+				}
+				return l
+			}
+			var raw string
+			raw, field, _ = strings.Cut(field, ",")
+			scanned += len(raw) + 1
+			if raw = trimOWS(raw); raw != "" {
+				l = l.add(raw, keep, drop)
+			}
 		}
-		m, ok := parseBaggageMember(raw)
-		if !ok {
-			drop.add(dropInvalidMember)
-			continue
-		}
-		if keep != nil && !keep(m.key) {
-			drop.add(dropUntrusted)
-			continue
-		}
-		if i := l.index(m.key); i >= 0 {
-			// W3C allows duplicates but OpenTelemetry keeps one per key; the
-			// last one wins, as in baggage.Parse.
-			l.bytes += m.size - l.m[i].size
-			l.m[i] = m
-			continue
-		}
-		extra := m.size
-		if len(l.m) > 0 {
-			extra++
-		}
-		if len(l.m) >= maxBaggageMembers {
-			drop.add(dropTooMany)
-			continue
-		}
-		if l.bytes+extra > maxBaggageBytes {
-			drop.add(dropTooLarge)
-			continue
-		}
-		l = l.with(m)
 	}
 	return l
+}
+
+// hasListMember reports whether field or any of more holds anything but
+// commas and whitespace, looking no further than the first such byte.
+func hasListMember(field string, more []string) bool {
+	if strings.TrimLeft(field, ", \t") != "" {
+		return true
+	}
+	for _, f := range more {
+		if strings.TrimLeft(f, ", \t") != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// add takes the list-member raw (trimmed, not empty) into l if it is valid,
+// admitted and fits, and counts it in drop otherwise. l holds fewer than 64
+// members: parseBaggage stops at 64.
+func (l bagList) add(raw string, keep func(string) bool, drop *dropSink) bagList {
+	key, ok := baggageKey(raw)
+	if !ok {
+		drop.add(dropInvalidMember)
+		return l
+	}
+	if keep != nil && !keep(key) {
+		drop.add(dropUntrusted)
+		return l
+	}
+	i := l.index(key)
+	grow := len(raw)
+	switch {
+	case i >= 0:
+		// W3C allows duplicates but OpenTelemetry keeps one per key;
+		// the last one wins, as in baggage.Parse.
+		grow -= l.m[i].size
+	case len(l.m) > 0:
+		grow++ // comma
+	}
+	if l.bytes+grow > maxBaggageBytes {
+		drop.add(dropTooLarge)
+		return l
+	}
+	m, ok := parseBaggageMember(raw)
+	if !ok {
+		drop.add(dropInvalidMember)
+		return l
+	}
+	if i >= 0 {
+		l.m[i] = m
+	} else {
+		l.m = append(l.m, m)
+	}
+	l.bytes += grow
+	return l
+}
+
+// baggageKey returns the key of the list-member raw, reading no further
+// than the "=" after it.
+func baggageKey(raw string) (string, bool) {
+	for i := 0; i < len(raw); i++ {
+		switch raw[i] {
+		case '=':
+			key := trimOWS(raw[:i])
+			return key, validToken(key)
+		case ';', ',':
+			return "", false
+		}
+	}
+	return "", false
+}
+
+// compactMembers copies the strings of ms into one allocation of their own.
+// Members parsed from a large header are substrings of it (or of its copy),
+// so without this a small kept member would keep the whole header alive in
+// every context, span and cache that holds the Baggage.
+func compactMembers(ms []bagMember) {
+	n := 0
+	for i := range ms {
+		n += len(ms[i].key) + len(ms[i].value)
+		for _, p := range ms[i].props {
+			v, _ := p.Value()
+			n += len(p.Key()) + len(v)
+		}
+	}
+	if n == 0 {
+		return
+	}
+	c := copier{buf: make([]byte, 0, n)}
+	for i := range ms {
+		m := &ms[i]
+		m.key, m.value = c.copy(m.key), c.copy(m.value)
+		for j, p := range m.props {
+			// The parts were valid before the copy, so they still are.
+			if v, ok := p.Value(); ok {
+				m.props[j], _ = baggage.NewKeyValuePropertyRaw(c.copy(p.Key()), c.copy(v))
+			} else {
+				m.props[j], _ = baggage.NewKeyProperty(c.copy(p.Key()))
+			}
+		}
+	}
+}
+
+// copier hands out strings that share buf, which has room for all of them,
+// so it never moves and is never written at a place handed out.
+type copier struct{ buf []byte }
+
+func (c *copier) copy(s string) string {
+	if s == "" {
+		return ""
+	}
+	start := len(c.buf)
+	c.buf = append(c.buf, s...)
+	return unsafe.String(&c.buf[start], len(s))
 }
 
 // parseBaggageMember parses key OWS "=" OWS value *( OWS ";" OWS property ).

@@ -15,7 +15,13 @@ import (
 // header values, keyed by the exact bytes of the header. It is per
 // Propagator, so a result is never reused under another trust policy or
 // allow-list, and bounded in entries and in the length of a cached value,
-// so hostile input cannot grow it.
+// so hostile input cannot grow it. That bounds it in bytes too (see
+// TestCacheEntryBytes): an entry holds at most 8 KiB for a tracestate and
+// 32 KiB for a baggage (64 members with properties, decoded, and the
+// Baggage built from them), so at most 2 MiB and 8 MiB per Propagator.
+// When a message's tracestate and baggage are both small, Extract copies
+// them into one allocation, and whichever entry keeps it holds the other
+// header's bytes too: at most another 2 KiB.
 const (
 	cacheShards   = 16   // spreads lock contention across goroutines
 	cachePerShard = 16   // entries per shard: 256 per cache
@@ -110,7 +116,7 @@ type tsEntry struct {
 	extra, kept string
 	full        string
 	count       int
-	drops       []dropReason
+	drops       dropCounts
 }
 
 // bagEntry is a decoded baggage header: its members, the Baggage built from
@@ -119,30 +125,37 @@ type bagEntry struct {
 	members []bagMember
 	bytes   int
 	bag     baggage.Baggage
-	drops   []dropReason
+	drops   dropCounts
 }
 
-// dropSink reports drops to the counter and, while a header value is decoded
-// for the cache, remembers them so that a cache hit counts them again.
+// dropCounts counts drops by reason. A hostile header can hold hundreds of
+// thousands of invalid members; counting them here and reporting each
+// reason once per header keeps the metric off the per-member path, and a
+// cache entry stores the counts in a fixed 32 bytes.
+type dropCounts [numDropReasons]uint32
+
+// any reports whether anything was dropped.
+func (c *dropCounts) any() bool { return *c != dropCounts{} }
+
+// dropSink counts the drops of one header value while it is decoded (or
+// encoded) and reports them with flush, so that a cache entry can keep
+// them and a cache hit count them again.
 type dropSink struct {
-	d      *drops
-	f      field
-	record bool
-	silent bool // only record: the value is decoded for the cache, not for a message
-	rs     []dropReason
+	d *drops
+	f field
+	n dropCounts
 }
 
-func (s *dropSink) add(r dropReason) {
-	if !s.silent {
-		s.d.add(s.f, r)
-	}
-	if s.record {
-		s.rs = append(s.rs, r)
-	}
-}
+func (s *dropSink) add(r dropReason) { s.n[r]++ }
 
-func (d *drops) replay(f field, rs []dropReason) {
-	for _, r := range rs {
-		d.add(f, r)
+// flush reports the counted drops.
+func (s *dropSink) flush() { s.d.replay(s.f, &s.n) }
+
+// replay reports the drops counted in c for header f.
+func (d *drops) replay(f field, c *dropCounts) {
+	for r, n := range c {
+		if n > 0 {
+			d.addN(f, dropReason(r), int64(n))
+		}
 	}
 }

@@ -21,7 +21,7 @@ func TestCacheHitCountsDropsAgain(t *testing.T) {
 	} {
 		for range 3 {
 			ctx := p.Extract(context.Background(), c)
-			if got := trace.SpanContextFromContext(ctx).TraceState().String(); got != "a=1" {
+			if got := trace.SpanContextFromContext(ctx).TraceState().String(); got != "" {
 				t.Fatalf("tracestate %q", got)
 			}
 			if got := bagString(baggage.FromContext(ctx)); got != "k=v" {
@@ -29,7 +29,9 @@ func TestCacheHitCountsDropsAgain(t *testing.T) {
 			}
 		}
 	}
-	want := map[string]int64{"tracestate/invalid_member": 6, "tracestate/duplicate": 6, "baggage/invalid_member": 6}
+	// The tracestate is discarded whole at its first invalid member, so
+	// the duplicate after it is never reached.
+	want := map[string]int64{"tracestate/invalid_member": 6, "baggage/invalid_member": 6}
 	if got := d.counts(t); !equalCounts(got, want) {
 		t.Fatalf("drops %v, want %v", got, want)
 	}

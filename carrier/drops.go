@@ -78,9 +78,12 @@ func newDrops(mp metric.MeterProvider, logger *slog.Logger) *drops {
 	return d
 }
 
-func (d *drops) add(f field, r dropReason) {
+func (d *drops) add(f field, r dropReason) { d.addN(f, r, 1) }
+
+// addN counts n drops of one kind at once.
+func (d *drops) addN(f field, r dropReason, n int64) {
 	if d.counter != nil {
-		d.counter.Add(context.Background(), 1, d.opts[f][r]...)
+		d.counter.Add(context.Background(), n, d.opts[f][r]...)
 	}
 	if !d.logged[f][r].Swap(true) {
 		d.logger.Debug("tracebridge: dropped header content (logged once per kind)",

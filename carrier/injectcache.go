@@ -16,6 +16,13 @@ import (
 // that publishes several messages, and every journey whose baggage Extract
 // served from its cache, which hands out one shared Baggage per header value.
 // A Baggage is immutable, so its encoding is remembered by identity.
+//
+// Both inject caches have encSlots slots. An encoding entry holds the
+// encoded header (at most 8192 bytes and the session member) and keeps its
+// Baggage alive, which cacheableBaggage limits to the W3C sizes; an output
+// entry holds one message's values (at most about 8.5 KiB) and its
+// Baggage. A slot of each together holds at most 56 KiB (see
+// TestCacheEntryBytes), 3.5 MiB per Propagator.
 const encSlots = 64
 
 // bagEnc is the encoded baggage header (session member included) that Inject
@@ -25,7 +32,7 @@ type bagEnc struct {
 	bag   baggage.Baggage // holds the map, so that id cannot be reused while cached
 	sess  string
 	enc   []byte
-	drops []dropReason
+	drops dropCounts
 }
 
 // encCache is a direct-mapped set of bagEnc, lock-free: entries are never
@@ -67,6 +74,27 @@ func (c *encCache) admit(h uint64) bool {
 }
 
 func (c *encCache) put(h uint64, e *bagEnc) { c.slots[h%encSlots].Store(e) }
+
+// cacheableBaggage reports whether the encoding of a Baggage with members
+// ms may be cached. An entry keeps its Baggage alive (and so does the
+// outCache entry that reuses it), so only a Baggage within the W3C limits
+// is: at most 64 members whose strings total at most 8192 bytes. Every
+// Baggage that Extract builds is; one that an application grew past them
+// with SetMember is encoded afresh each time instead of being pinned.
+func cacheableBaggage(ms []baggage.Member) bool {
+	if len(ms) > maxBaggageMembers {
+		return false
+	}
+	n := 0
+	for _, m := range ms {
+		n += len(m.Key()) + len(m.Value())
+		for _, p := range m.Properties() {
+			v, _ := p.Value()
+			n += len(p.Key()) + len(v)
+		}
+	}
+	return n <= maxBaggageBytes
+}
 
 // emptyBaggage is the identity of a Baggage without members: the baggage
 // header then holds the session member alone, which repeats as much as any

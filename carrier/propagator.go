@@ -114,7 +114,7 @@ func (p *Propagator) Inject(ctx context.Context, c propagation.TextMapCarrier) {
 	if cacheable && enc != nil {
 		key := outKey{tid: sc.TraceID(), sid: sc.SpanID(), flags: sc.TraceFlags(), bag: id, sess: sess}
 		if o := p.outCache.get(&key); o != nil {
-			p.drops.replay(fieldBaggage, enc.drops)
+			p.drops.replay(fieldBaggage, &enc.drops)
 			buf := o.buf
 			if _, ok := c.(ByteCarrier); ok {
 				// Byte values are the carrier's to edit or reuse (see
@@ -176,13 +176,14 @@ func (p *Propagator) Inject(ctx context.Context, c propagation.TextMapCarrier) {
 	spans[2][0] = len(buf)
 	if enc != nil {
 		buf = append(buf, enc.enc...)
-		p.drops.replay(fieldBaggage, enc.drops)
+		p.drops.replay(fieldBaggage, &enc.drops)
 	} else {
-		store := id != 0 && p.encCache.admit(h)
-		sink := dropSink{d: p.drops, f: fieldBaggage, record: store}
+		store := id != 0 && p.encCache.admit(h) && cacheableBaggage(members)
+		sink := dropSink{d: p.drops, f: fieldBaggage}
 		buf = p.appendBaggage(buf, members, sess, &sink)
+		sink.flush()
 		if store {
-			p.encCache.put(h, &bagEnc{id: id, bag: bag, sess: sess, enc: slices.Clone(buf[spans[2][0]:]), drops: sink.rs})
+			p.encCache.put(h, &bagEnc{id: id, bag: bag, sess: sess, enc: slices.Clone(buf[spans[2][0]:]), drops: sink.n})
 		}
 	}
 	spans[2][1] = len(buf)
@@ -394,23 +395,24 @@ func (in *incoming) own(s string) string {
 // ownFields copies the tracestate (ts) and baggage (bag) fields out of a
 // borrowed carrier. A message that misses the cache usually misses it for
 // both, so they share one allocation. The copy is never written again,
-// which is what lets the strings share it.
+// which is what lets the strings share it. Only fields of at most
+// maxCachedLen bytes in all are copied: those are the ones a cache may
+// keep as its key, and what is kept from them can pin no more than that.
+// Larger ones are parsed where they lie, and what is kept of them is copied
+// on its own (see tsList.join and compactMembers), so a small member never
+// keeps a large header alive.
 func (in *fieldLists) ownFields(borrowed, ts, bag bool) {
 	if !borrowed {
 		return
 	}
-	ts = ts && !in.tsOwned
-	bag = bag && !in.bagOwned
+	ts = ts && !in.tsOwned && fieldsLen(in.tracestate) <= maxCachedLen
+	bag = bag && !in.bagOwned && fieldsLen(in.baggage) <= maxCachedLen
 	n := 0
 	if ts {
-		for _, f := range in.tracestate {
-			n += len(f)
-		}
+		n += fieldsLen(in.tracestate)
 	}
 	if bag {
-		for _, f := range in.baggage {
-			n += len(f)
-		}
+		n += fieldsLen(in.baggage)
 	}
 	in.tsOwned = in.tsOwned || ts
 	in.bagOwned = in.bagOwned || bag
@@ -465,11 +467,6 @@ func (p *Propagator) read(c propagation.TextMapCarrier, l fieldLists) (in incomi
 	return in, l
 }
 
-// maxFields caps how many tracestate or baggage fields of one message are
-// read from a ByteCarrier; a message with more is malformed or hostile, and
-// the limits on members would drop the rest anyway.
-const maxFields = 16
-
 // readBytes scans a byte carrier once, without copying anything.
 func (p *Propagator) readBytes(c ByteCarrier, l fieldLists) (in incoming, _ fieldLists) {
 	names := &p.cfg.names
@@ -484,14 +481,13 @@ func (p *Propagator) readBytes(c ByteCarrier, l fieldLists) (in incoming, _ fiel
 				in.traceparentBytes = v
 			}
 			in.traceparents++
+		// Every field is read, as from any other carrier: the parsers stop
+		// early on their own (the 33rd tracestate member, the baggage
+		// limits), and a field left out would change what the list means.
 		case names.Tracestate:
-			if len(l.tracestate) < maxFields {
-				l.tracestate = append(l.tracestate, view(v))
-			}
+			l.tracestate = append(l.tracestate, view(v))
 		case names.Baggage:
-			if len(l.baggage) < maxFields {
-				l.baggage = append(l.baggage, view(v))
-			}
+			l.baggage = append(l.baggage, view(v))
 		case names.SessionID:
 			if !sessionSeen {
 				in.session = view(v)
@@ -566,7 +562,8 @@ func (p *Propagator) extract(ctx context.Context, in *incoming, l *fieldLists) c
 // traceState decodes the tracestate fields of in. A single field, the usual
 // case, is looked up in the cache first. On a miss the entry is built on the
 // stack and reaches the heap only when the cache admits it: a value seen for
-// the first time is usually never seen again.
+// the first time is usually never seen again. A tracestate that cannot be
+// parsed is discarded whole (Level 2), counted once with the reason.
 func (p *Propagator) traceState(in *fieldLists, borrowed bool) tsEntry {
 	single := len(in.tracestate) == 1 && len(in.tracestate[0]) <= maxCachedLen
 	var h uint64
@@ -574,7 +571,7 @@ func (p *Propagator) traceState(in *fieldLists, borrowed bool) tsEntry {
 	if single {
 		h = p.tsCache.hash(in.tracestate[0])
 		if e, ok := p.tsCache.get(in.tracestate[0], h); ok {
-			p.drops.replay(fieldTracestate, e.drops)
+			p.drops.replay(fieldTracestate, &e.drops)
 			return *e
 		}
 		store = p.tsCache.admit(h)
@@ -582,21 +579,20 @@ func (p *Propagator) traceState(in *fieldLists, borrowed bool) tsEntry {
 	// The baggage is copied along only while it is small, because a cached
 	// tracestate keeps the whole copy alive.
 	in.ownFields(borrowed, true, fieldsLen(in.baggage) <= maxCachedLen)
-	sink := dropSink{d: p.drops, f: fieldTracestate, record: store}
-	var buf [8]tsMember
-	l := tsList{m: buf[:0]}
-	for _, f := range in.tracestate {
-		l = parseTracestateField(l, f, &sink)
-	}
-	l = l.truncate(&sink)
+	var buf [maxTracestateMembers]tsMember
+	l, reason, ok := parseTracestate(tsList{m: buf[:0]}, in.tracestate)
 	var e tsEntry
-	if len(l.m) > 0 {
+	if !ok {
+		e.drops[reason]++
+		p.drops.add(fieldTracestate, reason)
+	} else if len(l.m) > 0 {
 		joined := ""
-		if len(in.tracestate) == 1 && l.encodedLen() == len(in.tracestate[0]) {
-			joined = in.tracestate[0] // already normal: no copy
+		if n := l.encodedLen(); len(in.tracestate) == 1 && n == len(in.tracestate[0]) && (!borrowed || in.tsOwned) {
+			// Already normal, so no larger than what is kept, and the
+			// message's own: no copy.
+			joined = in.tracestate[0]
 		} else {
-			b := l.appendTo(make([]byte, 0, l.encodedLen()))
-			joined = unsafe.String(unsafe.SliceData(b), len(b)) // never written again
+			joined = l.join(make([]byte, 0, n))
 		}
 		e.ts, e.extra, e.kept = l.toTraceState(joined)
 		e.full = joined
@@ -605,7 +601,6 @@ func (p *Propagator) traceState(in *fieldLists, borrowed bool) tsEntry {
 		}
 	}
 	if store {
-		e.drops = sink.rs
 		stored := new(tsEntry)
 		*stored = e
 		p.tsCache.store(in.tracestate[0], h, stored)
@@ -635,7 +630,7 @@ func (p *Propagator) baggageMembers(in *fieldLists, borrowed bool, scratch []bag
 	if single {
 		h = p.bagCache.hash(in.baggage[0])
 		if e, ok := p.bagCache.get(in.baggage[0], h); ok {
-			p.drops.replay(fieldBaggage, e.drops)
+			p.drops.replay(fieldBaggage, &e.drops)
 			return e.members, e.bag
 		}
 		store = p.bagCache.admit(h)
@@ -650,12 +645,18 @@ func (p *Propagator) baggageMembers(in *fieldLists, borrowed bool, scratch []bag
 			return members, bag
 		}
 	}
-	sink := dropSink{d: p.drops, f: fieldBaggage, record: store}
+	sink := dropSink{d: p.drops, f: fieldBaggage}
 	l := p.parseBaggage(in.baggage, scratch, &sink)
+	sink.flush()
 	if !store {
+		if fieldsLen(in.baggage) > maxCachedLen {
+			// Parsed where it lies, in a header too large to copy
+			// whole (see ownFields): what is kept gets a copy of its own.
+			compactMembers(l.m)
+		}
 		return l.m, baggage.Baggage{}
 	}
-	stored := &bagEntry{members: slices.Clone(l.m), bytes: l.bytes, drops: sink.rs}
+	stored := &bagEntry{members: slices.Clone(l.m), bytes: l.bytes, drops: sink.n}
 	stored.bag = toBaggage(stored.members)
 	p.bagCache.store(in.baggage[0], h, stored)
 	return stored.members, stored.bag
@@ -666,11 +667,7 @@ func (p *Propagator) parseBaggage(fields []string, scratch []bagMember, sink *dr
 	if p.allow != nil {
 		keep = p.allowed
 	}
-	l := bagList{m: scratch}
-	for _, f := range fields {
-		l = parseBaggageField(l, f, keep, sink)
-	}
-	return l
+	return parseBaggage(bagList{m: scratch}, fields, keep, sink)
 }
 
 // hasSessionPrefix reports whether field starts with the session member, as
@@ -710,13 +707,15 @@ func (p *Propagator) baggageAfterSession(field string, scratch []bagMember) (mem
 		return nil, baggage.Baggage{}, 0, false
 	}
 	if !hit {
-		sink := dropSink{f: fieldBaggage, record: true, silent: true}
+		// Decoded for the cache, not for a message: its drops are
+		// recorded, not reported.
+		var sink dropSink
 		l := p.parseBaggage([]string{rest}, nil, &sink)
-		e = &bagEntry{members: l.m, bytes: l.bytes, drops: sink.rs}
+		e = &bagEntry{members: l.m, bytes: l.bytes, drops: sink.n}
 		e.bag = toBaggage(e.members)
 		p.bagCache.store(rest, h, e)
 	}
-	if len(e.drops) > 0 || len(e.members) == 0 || len(e.members) >= maxBaggageMembers ||
+	if e.drops.any() || len(e.members) == 0 || len(e.members) >= maxBaggageMembers ||
 		e.bytes+1+sm.size > maxBaggageBytes || e.bag.Len() != len(e.members) {
 		return nil, baggage.Baggage{}, 0, false
 	}

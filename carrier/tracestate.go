@@ -2,17 +2,14 @@ package carrier
 
 import (
 	"strings"
+	"unsafe"
 
 	"go.opentelemetry.io/otel/trace"
 )
 
-// W3C Trace Context limits for tracestate.
-const (
-	maxTracestateMembers = 32
-	// Entries longer than this are the first to go when a tracestate must
-	// be truncated (Trace Context, "tracestate Limits").
-	longTracestateMember = 128
-)
+// maxTracestateMembers is the Level 2 limit on tracestate list-members:
+// list = list-member 0*31( OWS "," OWS list-member ).
+const maxTracestateMembers = 32
 
 // tsMember is one tracestate list-member, as substrings of the input.
 type tsMember struct{ key, value string }
@@ -23,6 +20,8 @@ type tsList struct {
 	m []tsMember
 }
 
+// has reports whether key is in l. l never holds more than 32 members, so
+// the scan is bounded.
 func (l *tsList) has(key string) bool {
 	for _, m := range l.m {
 		if m.key == key {
@@ -32,53 +31,39 @@ func (l *tsList) has(key string) bool {
 	return false
 }
 
-// parseTracestateField adds the members of one tracestate header field to l,
-// by the Level 2 grammar. Empty and whitespace-only members are allowed and
-// skipped. Invalid members and repeated keys are dropped one by one (the
-// first occurrence of a key is the most recent position and wins); drop is
-// told why. Multiple header fields are combined by calling this once per
-// field, which is what RFC 7230 field combination with "," amounts to.
+// parseTracestate parses the tracestate header fields, combined as RFC 7230
+// combines repeated fields (joined by ","), by the Level 2 grammar into l.
+// Empty and whitespace-only list-members are allowed and skipped. A list
+// that cannot be parsed is discarded whole, as Level 2 prescribes, so ok is
+// false with the reason at the first invalid member (a bad key or value, an
+// empty value, a key or value over 256 characters), the first repeated key,
+// or the 33rd member; parsing stops there. Its work is therefore linear in
+// the bytes read up to that point and never more than linear in the input.
 // l is passed and returned by value so that its stack buffer stays on the
 // stack: a store through a pointer would move it to the heap.
-func parseTracestateField(l tsList, field string, drop *dropSink) tsList {
-	for field != "" {
-		var m string
-		m, field, _ = strings.Cut(field, ",")
-		m = trimOWS(m)
-		if m == "" {
-			continue
-		}
-		key, value, ok := strings.Cut(m, "=")
-		if !ok || !validTracestateKey(key) || !validTracestateValue(value) {
-			drop.add(dropInvalidMember)
-			continue
-		}
-		if l.has(key) {
-			drop.add(dropDuplicate)
-			continue
-		}
-		// Appending through a pointer would move the caller's stack
-		// buffer to the heap.
-		l.m = append(l.m, tsMember{key, value})
-	}
-	return l
-}
-
-// truncate cuts l to the member limit: entries longer than 128 characters go
-// first, then entries from the end, as Trace Context prescribes.
-func (l tsList) truncate(drop *dropSink) tsList {
-	for len(l.m) > maxTracestateMembers {
-		victim := len(l.m) - 1
-		for i := len(l.m) - 1; i >= 0; i-- {
-			if len(l.m[i].key)+1+len(l.m[i].value) > longTracestateMember {
-				victim = i
-				break
+func parseTracestate(l tsList, fields []string) (_ tsList, reason dropReason, ok bool) {
+	for _, field := range fields {
+		for field != "" {
+			var m string
+			m, field, _ = strings.Cut(field, ",")
+			m = trimOWS(m)
+			if m == "" {
+				continue
 			}
+			if len(l.m) == maxTracestateMembers {
+				return l, dropTooMany, false
+			}
+			key, value, found := strings.Cut(m, "=")
+			if !found || !validTracestateKey(key) || !validTracestateValue(value) {
+				return l, dropInvalidMember, false
+			}
+			if l.has(key) {
+				return l, dropDuplicate, false
+			}
+			l.m = append(l.m, tsMember{key, value})
 		}
-		l.m = append(l.m[:victim], l.m[victim+1:]...)
-		drop.add(dropTooMany)
 	}
-	return l
+	return l, 0, true
 }
 
 func (l *tsList) encodedLen() int {
@@ -102,6 +87,27 @@ func (l *tsList) appendTo(dst []byte) []byte {
 		dst = append(dst, m.value...)
 	}
 	return dst
+}
+
+// join writes l's members into dst, which must be empty, and points them
+// into the result: whatever is built from them afterwards (a TraceState)
+// shares this copy of what is kept instead of the header they were read
+// from. dst is never written again.
+func (l *tsList) join(dst []byte) string {
+	dst = l.appendTo(dst)
+	s := unsafe.String(unsafe.SliceData(dst), len(dst))
+	pos := 0
+	for i := range l.m {
+		if i > 0 {
+			pos++
+		}
+		m := &l.m[i]
+		m.key = s[pos : pos+len(m.key)]
+		pos += len(m.key) + 1
+		m.value = s[pos : pos+len(m.value)]
+		pos += len(m.value)
+	}
+	return s
 }
 
 // validTracestateKey implements the Level 2 key grammar:

@@ -68,30 +68,40 @@ func TestTracestateRules(t *testing.T) {
 		{"L2: digit-first key without @", []string{"1abc=1"}, "1abc=1", nil},
 		{"L2: tenant over 241 characters", []string{tenant242 + "=1"}, tenant242 + "=1", nil},
 		{"L2: 256-character key", []string{key256 + "=1"}, key256 + "=1", nil},
-		{"257-character key invalid", []string{"k" + strings.Repeat("a", 256) + "=1", "b=2"}, "b=2", map[string]int64{"tracestate/invalid_member": 1}},
-		{"key starting with @ invalid", []string{"@a=1,b=2"}, "b=2", map[string]int64{"tracestate/invalid_member": 1}},
-		{"key starting with _ invalid", []string{"_a=1,b=2"}, "b=2", map[string]int64{"tracestate/invalid_member": 1}},
-		{"uppercase key invalid", []string{"Abc=1,b=2"}, "b=2", map[string]int64{"tracestate/invalid_member": 1}},
-		{"key with dot invalid", []string{"a.b=1,b=2"}, "b=2", map[string]int64{"tracestate/invalid_member": 1}},
-		{"member without = invalid", []string{"a,b=2"}, "b=2", map[string]int64{"tracestate/invalid_member": 1}},
-		{"empty value invalid", []string{"a=,b=2"}, "b=2", map[string]int64{"tracestate/invalid_member": 1}},
-		{"value with = invalid", []string{"a=b=c,b=2"}, "b=2", map[string]int64{"tracestate/invalid_member": 1}},
-		{"value with non-ASCII invalid", []string{"a=é,b=2"}, "b=2", map[string]int64{"tracestate/invalid_member": 1}},
-		{"value with control character invalid", []string{"a=x\x01y,b=2"}, "b=2", map[string]int64{"tracestate/invalid_member": 1}},
+		{"257-character key invalid", []string{"k" + strings.Repeat("a", 256) + "=1", "b=2"}, "", map[string]int64{"tracestate/invalid_member": 1}},
+		{"key starting with @ invalid", []string{"@a=1,b=2"}, "", map[string]int64{"tracestate/invalid_member": 1}},
+		{"key starting with _ invalid", []string{"_a=1,b=2"}, "", map[string]int64{"tracestate/invalid_member": 1}},
+		{"uppercase key invalid", []string{"Abc=1,b=2"}, "", map[string]int64{"tracestate/invalid_member": 1}},
+		{"key with dot invalid", []string{"a.b=1,b=2"}, "", map[string]int64{"tracestate/invalid_member": 1}},
+		{"member without = invalid", []string{"a,b=2"}, "", map[string]int64{"tracestate/invalid_member": 1}},
+		{"empty value invalid", []string{"a=,b=2"}, "", map[string]int64{"tracestate/invalid_member": 1}},
+		{"value with = invalid", []string{"a=b=c,b=2"}, "", map[string]int64{"tracestate/invalid_member": 1}},
+		{"value with non-ASCII invalid", []string{"a=é,b=2"}, "", map[string]int64{"tracestate/invalid_member": 1}},
+		{"value with control character invalid", []string{"a=x\x01y,b=2"}, "", map[string]int64{"tracestate/invalid_member": 1}},
 		{"value leading space preserved", []string{"a=  v"}, "a=  v", nil},
 		{"value inner space preserved", []string{"a=v w"}, "a=v w", nil},
 		{"value trailing space is OWS", []string{"a=v  ,b=2"}, "a=v,b=2", nil},
 		{"value of 256 characters", []string{"a=" + val256}, "a=" + val256, nil},
-		{"value of 257 characters invalid", []string{"a=x" + val256 + ",b=2"}, "b=2", map[string]int64{"tracestate/invalid_member": 1}},
+		{"value of 257 characters invalid", []string{"a=x" + val256 + ",b=2"}, "", map[string]int64{"tracestate/invalid_member": 1}},
 		{"value printable punctuation", []string{"a=!\"#$%&'()*+-./:;<>?@[\\]^_`{|}~"}, "a=!\"#$%&'()*+-./:;<>?@[\\]^_`{|}~", nil},
-		{"duplicate key keeps first", []string{"a=1,b=2,a=3"}, "a=1,b=2", map[string]int64{"tracestate/duplicate": 1}},
+		{"duplicate key discards all", []string{"a=1,b=2,a=3"}, "", map[string]int64{"tracestate/duplicate": 1}},
 		{"several fields combined", []string{"a=1", "b=2", "c=3"}, "a=1,b=2,c=3", nil},
 		{"several fields with empty one", []string{"a=1", "", "b=2"}, "a=1,b=2", nil},
-		{"duplicate across fields keeps first", []string{"a=1", "a=2,b=2"}, "a=1,b=2", map[string]int64{"tracestate/duplicate": 1}},
+		{"duplicate across fields discards all", []string{"a=1", "a=2,b=2"}, "", map[string]int64{"tracestate/duplicate": 1}},
 		{"32 members kept", members("k", 32, 1), strings.Join(members("k", 32, 1), ","), nil},
-		{"33rd member dropped from the end", members("k", 33, 1), strings.Join(members("k", 32, 1), ","), map[string]int64{"tracestate/too_many_members": 1}},
-		{"32 members over several fields", []string{strings.Join(members("k", 20, 1), ","), strings.Join(members("z", 14, 1), ",")},
-			strings.Join(append(members("k", 20, 1), members("z", 12, 1)...), ","), map[string]int64{"tracestate/too_many_members": 2}},
+		{"33 members discard all", members("k", 33, 1), "", map[string]int64{"tracestate/too_many_members": 1}},
+		{"33 members over several fields discard all", []string{strings.Join(members("k", 20, 1), ","), strings.Join(members("z", 13, 1), ",")},
+			"", map[string]int64{"tracestate/too_many_members": 1}},
+		{"32 members over several fields kept", []string{strings.Join(members("k", 20, 1), ","), strings.Join(members("z", 12, 1), ",")},
+			strings.Join(append(members("k", 20, 1), members("z", 12, 1)...), ","), nil},
+		{"empty members do not count towards 32", []string{",, ," + strings.Join(members("k", 32, 1), " , ,") + ",,", " , "},
+			strings.Join(members("k", 32, 1), ","), nil},
+		{"invalid 34th member: the 33rd decides", []string{strings.Join(members("k", 33, 1), ",") + ",@x=1"}, "", map[string]int64{"tracestate/too_many_members": 1}},
+		{"invalid member before the 33rd decides", []string{strings.Join(members("k", 20, 1), ",") + ",@x=1," + strings.Join(members("z", 20, 1), ",")},
+			"", map[string]int64{"tracestate/invalid_member": 1}},
+		{"invalid member in a later field discards the earlier ones", []string{"a=1", "b=2", "c="}, "", map[string]int64{"tracestate/invalid_member": 1}},
+		{"value of only spaces invalid", []string{"a=   ,b=2"}, "", map[string]int64{"tracestate/invalid_member": 1}},
+		{"OWS before = invalid", []string{"a =1"}, "", map[string]int64{"tracestate/invalid_member": 1}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.rule, func(t *testing.T) {
@@ -110,25 +120,35 @@ func TestTracestateRules(t *testing.T) {
 		})
 	}
 
-	t.Run("truncation drops entries over 128 characters first", func(t *testing.T) {
+	t.Run("33 members with long entries discarded whole, not truncated", func(t *testing.T) {
 		p, d := newProp(t)
 		in := members("k", 32, 1)
-		in = append(in[:3], append([]string{long}, in[3:]...)...)         // 33 members, long at index 3
-		in = append(in[:10], append([]string{"x" + long}, in[10:]...)...) // 34 members, long at 3 and 10
-		got, _ := forwardTracestate(t, p, strings.Join(in, ","))
-		if want := strings.Join(members("k", 32, 1), ","); got != want {
-			t.Fatalf("got %q\nwant %q", got, want)
+		in = append(in[:3], append([]string{long}, in[3:]...)...) // 33 members, long at index 3
+		if got, _ := forwardTracestate(t, p, strings.Join(in, ",")); got != "" {
+			t.Fatalf("got %q, want the tracestate discarded", got)
 		}
-		if c := d.counts(t); c["tracestate/too_many_members"] != 2 {
+		if c := d.counts(t); !equalCounts(c, map[string]int64{"tracestate/too_many_members": 1}) {
 			t.Fatalf("drops %v", c)
 		}
 	})
-	t.Run("truncation keeps long entries that fit", func(t *testing.T) {
+	t.Run("32 members with long entries kept whole", func(t *testing.T) {
 		p, _ := newProp(t)
 		in := append([]string{long}, members("k", 31, 1)...)
 		got, _ := forwardTracestate(t, p, strings.Join(in, ","))
 		if got != strings.Join(in, ",") {
 			t.Fatalf("32 members with a long one must be kept whole, got %q", got)
+		}
+	})
+	t.Run("traceparent stays when tracestate is discarded", func(t *testing.T) {
+		p, _ := newProp(t)
+		for _, c := range []propagation.TextMapCarrier{
+			propagation.MapCarrier{"traceparent": validTP, "tracestate": "a=1,@b=2"},
+			&kafkaHeaders{h: []header{{"traceparent", []byte(validTP)}, {"tracestate", []byte("a=1,@b=2")}}},
+		} {
+			sc := trace.SpanContextFromContext(p.Extract(context.Background(), c))
+			if !sc.IsValid() || sc.TraceID().String() != tid || sc.SpanID().String() != sid || sc.TraceState().Len() != 0 {
+				t.Fatalf("span context %v with tracestate %q", sc, sc.TraceState().String())
+			}
 		}
 	})
 }

@@ -11,8 +11,11 @@ import (
 
 // Attempts remembers the process span of each message's last failed
 // attempt, so a broker redelivery within this process links to it. It is
-// bounded: the oldest entries go first, because a message that is not
-// redelivered soon is unlikely to be redelivered to this process at all.
+// bounded in entries, the oldest going first because a message that is not
+// redelivered soon is unlikely to be redelivered to this process at all,
+// and in bytes per entry: an identity is at most maxAttemptID bytes and
+// the span context is kept without its tracestate, so an entry holds at
+// most about 1.5 KiB whatever the message carried.
 type Attempts struct {
 	mu    sync.Mutex
 	max   int
@@ -27,12 +30,20 @@ type attemptEntry struct {
 	elem *list.Element
 }
 
+// maxAttemptID is the longest identity remembered. Identities are broker
+// positions or a destination with a publisher's message ID (AMQP caps
+// both at 255 bytes); a longer one is not remembered, and a redelivery of
+// that message then simply has no link to its previous attempt.
+const maxAttemptID = 1024
+
 // NewAttempts returns a record holding at most max messages.
 func NewAttempts(max int) *Attempts {
 	return &Attempts{max: max, order: list.New(), m: make(map[string]attemptEntry)}
 }
 
-// Put records sc as the latest failed attempt of message id.
+// Put records sc as the latest failed attempt of message id. Only what a
+// link needs is kept: the tracestate (up to 32 members of 512 bytes each)
+// would pin up to 16 KiB per entry for nothing the link uses.
 func (a *Attempts) Put(id string, sc trace.SpanContext) {
 	if id == "" || !sc.IsValid() {
 		return
@@ -40,7 +51,13 @@ func (a *Attempts) Put(id string, sc trace.SpanContext) {
 	a.put(id, attemptEntry{sc: sc})
 }
 
+// put records e under id; every entry goes through it, so none keeps a
+// tracestate or an identity past the byte bound.
 func (a *Attempts) put(id string, e attemptEntry) {
+	if len(id) > maxAttemptID {
+		return
+	}
+	e.sc = e.sc.WithTraceState(trace.TraceState{})
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if old, ok := a.m[id]; ok {

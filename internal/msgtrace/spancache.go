@@ -30,6 +30,14 @@ import (
 // afresh instead of growing memory without limit.
 const maxSpanEntries = 1024
 
+// maxSpanKeyBytes bounds the strings of a cached entry's key. A
+// destination can come from the message (a NATS subject a publisher
+// chose), so an entry for a longer one is built afresh on every start
+// instead of being kept: with it an entry holds at most about 4 KiB (key,
+// span name, attribute and option slices, metric sets) plus one metric set
+// per error type, at most maxErrorSets.
+const maxSpanKeyBytes = 1024
+
 // maxErrorSets bounds the per-entry cache of metric sets by error.type.
 const maxErrorSets = 32
 
@@ -118,6 +126,9 @@ func (t *Tracer) entry(op string, opType attribute.KeyValue, kind trace.SpanKind
 		}
 	}
 	e := t.newEntry(&k, opType)
+	if len(k.op)+len(k.opType)+len(k.dest)+len(k.tmpl)+len(k.group)+len(k.addr) > maxSpanKeyBytes {
+		return e
+	}
 	t.spans.mu.Lock()
 	defer t.spans.mu.Unlock()
 	old := t.spans.m.Load()

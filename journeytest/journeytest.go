@@ -212,8 +212,8 @@ func OneSession(t T, j *journey.Journey) bool {
 	for _, c := range j.CrossTalk {
 		lines = append(lines, fmt.Sprintf("  %s names session %s, on a trace of session %s", ref(j, c.Span), c.Session, c.TraceSession))
 	}
-	fail(t, j, nil, "journey of session %s has cross-talk: %s another session than their trace\n%s",
-		j.Session, count(len(j.CrossTalk), "span")+" naming", strings.Join(lines, "\n"))
+	fail(t, j, nil, "journey of session %s has cross-talk (%s on a trace of another session)\n%s",
+		j.Session, count(len(j.CrossTalk), "span"), strings.Join(lines, "\n"))
 	return false
 }
 
@@ -239,7 +239,11 @@ func chainDefect(j *journey.Journey, c journey.RetryChain, n int) (string, []jou
 		marks = append(marks, journey.Mark{SpanID: a.Span.SpanID, Note: fmt.Sprintf("attempt %d", a.Number)})
 	}
 	if len(c.Attempts) != n {
-		return fmt.Sprintf("%d attempts, want %d", len(c.Attempts), n), marks
+		var nums []string
+		for _, a := range c.Attempts {
+			nums = append(nums, fmt.Sprint(a.Number))
+		}
+		return fmt.Sprintf("%s (numbered %s), want %d", count(len(c.Attempts), "attempt"), strings.Join(nums, ", "), n), marks
 	}
 	for i, a := range c.Attempts {
 		if a.Number != i+1 {

@@ -26,7 +26,9 @@ type recT struct{ msgs []string }
 
 func (r *recT) Helper() {}
 
-func (r *recT) Errorf(format string, args ...any) { r.msgs = append(r.msgs, fmt.Sprintf(format, args...)) }
+func (r *recT) Errorf(format string, args ...any) {
+	r.msgs = append(r.msgs, fmt.Sprintf(format, args...))
+}
 
 // clone copies spans deeply enough to change attributes and links.
 func clone(spans []journey.Span) []journey.Span {

@@ -10,6 +10,7 @@ package journeytest_test
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -34,17 +35,9 @@ func (r *recT) Errorf(format string, args ...any) {
 func clone(spans []journey.Span) []journey.Span {
 	out := make([]journey.Span, len(spans))
 	for i, s := range spans {
-		s.Attrs = maps(s.Attrs)
+		s.Attrs = maps.Clone(s.Attrs)
 		s.Links = slices.Clone(s.Links)
 		out[i] = s
-	}
-	return out
-}
-
-func maps(m map[string]string) map[string]string {
-	out := make(map[string]string, len(m))
-	for k, v := range m {
-		out[k] = v
 	}
 	return out
 }

@@ -41,7 +41,7 @@ type Config struct {
 	// (tracebridge.LinkToCreation): one session spread over several traces.
 	NewTraces bool
 	// OTLP, when set, also receives every span as OTLP JSON lines
-	// (journey.OTLPWriter).
+	// (journey.OTLPWriter), each written before the recorder has it.
 	OTLP io.Writer
 }
 
@@ -96,11 +96,14 @@ func Record(t testing.TB, cfg Config) *Run {
 	service := func(name string) *sdktrace.TracerProvider {
 		opts := []sdktrace.TracerProviderOption{sdktrace.WithSampler(sdktrace.AlwaysSample()),
 			sdktrace.WithResource(resource.NewSchemaless(semconv.ServiceName(name))),
-			sdktrace.WithSpanProcessor(carrier.NewSessionSpanProcessor()), sdktrace.WithSpanProcessor(r.Rec)}
+			sdktrace.WithSpanProcessor(carrier.NewSessionSpanProcessor())}
 		if otlp != nil {
+			// Before the recorder: once the recorder has a span, it has
+			// been written, so a caller that waited for the recorder can
+			// read what was written.
 			opts = append(opts, sdktrace.WithSyncer(otlp))
 		}
-		tp := sdktrace.NewTracerProvider(opts...)
+		tp := sdktrace.NewTracerProvider(append(opts, sdktrace.WithSpanProcessor(r.Rec))...)
 		tps = append(tps, tp)
 		return tp
 	}

@@ -119,8 +119,7 @@ func fail(t T, j *journey.Journey, marks []journey.Mark, format string, args ...
 	if len(j.Spans) == 0 {
 		fmt.Fprintf(&b, "(no span of session %q was recorded)\n", j.Session)
 	} else {
-		fmt.Fprintf(&b, "journey of session %s: %s on %s\n", j.Session, count(len(j.Spans), "span"),
-			count(len(j.Traces), "trace"))
+		fmt.Fprintf(&b, "journey of session %s: %s\n", j.Session, j.Size())
 		j.Draw(&b, marks...)
 	}
 	t.Errorf("%s", b.String())
@@ -166,8 +165,12 @@ func Whole(t T, j *journey.Journey) bool {
 		lines = append(lines, fmt.Sprintf("  orphan %s: its parent %s never arrived", ref(j, o.Span), o.Parent))
 	}
 	for _, l := range j.BrokenLinks {
-		lines = append(lines, fmt.Sprintf("  broken link from %s (%s) to span %s on trace %s: %s", ref(j, l.From),
-			l.Type, l.SpanID, l.TraceID, l.Reason))
+		typ := ""
+		if l.Type != "" {
+			typ = " (" + l.Type + ")"
+		}
+		lines = append(lines, fmt.Sprintf("  broken link from %s%s to span %s on trace %s: %s", ref(j, l.From),
+			typ, l.SpanID, l.TraceID, l.Reason))
 	}
 	fail(t, j, nil, "journey of session %s is not whole: %s, %s\n%s", j.Session, count(len(j.Orphans), "orphan"),
 		count(len(j.BrokenLinks), "broken link"), strings.Join(lines, "\n"))

@@ -230,22 +230,6 @@ func (x *index) traceSession(idx []int) string {
 	return best
 }
 
-// Sessions returns the session IDs the spans name, sorted.
-func Sessions(spans []Span) []string {
-	seen := map[string]bool{}
-	for _, s := range spans {
-		if id := s.Session(); id != "" {
-			seen[id] = true
-		}
-	}
-	out := make([]string, 0, len(seen))
-	for id := range seen {
-		out = append(out, id)
-	}
-	slices.Sort(out)
-	return out
-}
-
 // Assemble builds the journey of session from spans: every trace on which
 // a span names the session, whole. Spans of other traces resolve links but
 // are not part of the journey. A session no span names gives an empty

@@ -558,3 +558,28 @@ func matches(t jTrace, service string, tags map[string]string, start, end int64)
 	}
 	return false
 }
+
+// The README's "Debugging a session" shows what the CLI prints for the
+// demo: the output on the demo's files in testdata, under the names the
+// README's commands give them.
+func TestREADMEShowsWhatTheCLIPrintsForTheDemo(t *testing.T) {
+	code, out, errOut := cli(t, "journey", "01a23223-9a02-7f05-a1d2-bc7b56140c3e.3wP7qOfZ0MFpjwETss6Vkg",
+		"--otlp", "testdata/demo-spans.jsonl", "--logs", "testdata/demo-logs.jsonl")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	out = strings.NewReplacer("testdata/demo-spans.jsonl", "spans.jsonl", "testdata/demo-logs.jsonl", "logs.jsonl").Replace(out)
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(readme), "## Debugging a session\n")
+	_, block, ok2 := strings.Cut(section, "For the demo it\nprints:\n\n```\n")
+	block, _, ok3 := strings.Cut(block, "```\n")
+	if !ok || !ok2 || !ok3 {
+		t.Fatal(`README.md: no output block after "For the demo it prints:" under "## Debugging a session"`)
+	}
+	if block != out {
+		t.Errorf("README.md shows:\n%s\nthe CLI prints:\n%s", block, out)
+	}
+}

@@ -73,6 +73,11 @@ flags:
 		return 2
 	}
 	session := pos[0]
+	if o.limit <= 0 || o.lookback <= 0 || o.timeout <= 0 {
+		fmt.Fprintf(stderr, "tracebridge journey: --limit, --lookback and --timeout must be positive, got %d, %s, %s\n",
+			o.limit, o.lookback, o.timeout)
+		return 2
+	}
 	jaegerSet := false
 	fs.Visit(func(f *flag.Flag) { jaegerSet = jaegerSet || f.Name == "jaeger" })
 	if jaegerSet && len(o.otlp) > 0 {

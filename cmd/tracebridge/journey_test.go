@@ -338,6 +338,8 @@ func TestJourneyUsage(t *testing.T) {
 		{[]string{"journey", "s", "--otlp", file}, 1, "line 2: "},
 		{[]string{"journey", "s", "--otlp", filepath.Join(t.TempDir(), "missing")}, 1, "no such file"},
 		{[]string{"journey", "s", "--jaeger", "localhost:16686"}, 1, "want a URL such as http://localhost:16686"},
+		{[]string{"journey", "s", "--limit", "0"}, 2, "must be positive"},
+		{[]string{"journey", "s", "--lookback", "-1h"}, 2, "must be positive"},
 		{[]string{"journey", "-h"}, 0, "usage: tracebridge journey <session-id>"},
 	} {
 		code, _, errOut := cli(t, c.args...)

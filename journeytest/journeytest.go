@@ -373,9 +373,13 @@ func Chain(t T, j *journey.Journey, end trace.SpanID, names ...string) (held int
 	switch {
 	case len(path) < len(names):
 		root := path[0]
+		why := "it is a root"
+		if root.Parent.IsValid() {
+			why = fmt.Sprintf("its parent %s never arrived", root.Parent)
+		}
 		fail(t, j, []journey.Mark{{SpanID: root.SpanID, Note: "the chain breaks here"}},
-			"journey of session %s: chain %s breaks above %s: it has no parent, want %q", j.Session,
-			strings.Join(names, " → "), ref(j, journey.Ref{SpanID: root.SpanID, Name: root.Name}),
+			"journey of session %s: chain %s breaks above %s: %s, want %q above it", j.Session,
+			strings.Join(names, " → "), ref(j, journey.Ref{SpanID: root.SpanID, Name: root.Name}), why,
 			names[len(names)-len(path)-1])
 		return len(path) - 1
 	case len(path) > len(names):

@@ -114,12 +114,21 @@ func TestAssertionsFailOnBrokenJourneys(t *testing.T) {
 		spans := clone(recorded)
 		i := find(t, spans, s1, r.SendOrders, 0)
 		spans = slices.Delete(spans, i, i+1)
+		j := journey.Assemble(s1, spans)
 		rt := &recT{}
-		if journeytest.Whole(rt, journey.Assemble(s1, spans)) {
+		if journeytest.Whole(rt, j) {
 			t.Fatal("Whole holds with the send span dropped")
 		}
+		lost := recorded[find(t, recorded, s1, r.SendOrders, 0)].SpanID.String()
 		checkFailure(t, rt, "is not whole: 2 orphans, 0 broken links", `orphan #3 "`+r.ProcessOrders+`"`,
-			"⚠ orphan: parent "+recorded[find(t, recorded, s1, r.SendOrders, 0)].SpanID.String()+" never arrived")
+			"⚠ orphan: parent "+lost+" never arrived")
+		rt = &recT{}
+		end := j.Spans[find(t, j.Spans, s1, r.ProcessJob, 1)].SpanID
+		if held := journeytest.Chain(rt, j, end, r.Root, r.SendOrders, r.ProcessOrders, r.SendJob, r.ProcessJob); held != 2 {
+			t.Errorf("Chain held %d links, want 2 (process jobs ← send jobs ← process orders)", held)
+		}
+		checkFailure(t, rt, `breaks above #3 "`+r.ProcessOrders+`": its parent `+lost+` never arrived, want "`+r.SendOrders+`" above it`,
+			"◀ the chain breaks here")
 	})
 
 	t.Run("a link pointed nowhere", func(t *testing.T) {

@@ -106,7 +106,7 @@ func TestBadHeadersMidJourney(t *testing.T) {
 	}
 	w.beginAll(js, 32)
 	missing := w.waitDone(js, 30*time.Second, isDone)
-	all := w.spans(js)
+	all := w.assemble(js)
 	x := w.checkJourneys(t, js, all, func(j *journey) [numHops]arrival { return arrivals[j] })
 	x.lost = len(missing)
 	for _, j := range missing {

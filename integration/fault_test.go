@@ -85,7 +85,7 @@ func TestFaultKafkaConsumerCrash(t *testing.T) {
 		t.Errorf("the consumer stopped after every journey had passed it (%d): not mid-stream", stoppedAt)
 	}
 	t.Logf("Kafka consumer replaced after %d of %d journeys", stoppedAt, faultJourneys)
-	all := w.spans(js)
+	all := w.assemble(js)
 	x := w.checkJourneys(t, js, all, func(*journey) [numHops]arrival { return [numHops]arrival{} })
 	x.lost = len(missing)
 	record(t, x)
@@ -136,7 +136,7 @@ func TestFaultRabbitMQRestart(t *testing.T) {
 	if w.amqpReconnects.Load() == 0 {
 		t.Error("the RabbitMQ consumer never reconnected: the node did not go down mid-journey")
 	}
-	all := w.spans(js)
+	all := w.assemble(js)
 	x := w.checkJourneys(t, js, all, func(*journey) [numHops]arrival { return [numHops]arrival{} })
 	x.lost = len(missing)
 	record(t, x)
@@ -175,7 +175,7 @@ func TestFaultNATSRestart(t *testing.T) {
 	if w.nc.Stats().Reconnects == 0 {
 		t.Error("the NATS connection never reconnected: the server did not go down mid-journey")
 	}
-	all := w.spans(js)
+	all := w.assemble(js)
 	x := w.checkJourneys(t, js, all, func(*journey) [numHops]arrival { return [numHops]arrival{} })
 	x.lost = len(missing)
 	record(t, x)

@@ -4,8 +4,8 @@ import (
 	"testing"
 	"time"
 
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	"go.opentelemetry.io/otel/trace"
+	tbjourney "github.com/tracebridge/tracebridge/journey"
+	"github.com/tracebridge/tracebridge/journeytest"
 )
 
 // TestJourneys1000 runs 1,000 journeys at once through HTTP → Kafka →
@@ -23,36 +23,39 @@ func TestJourneys1000(t *testing.T) {
 	w.beginAll(js, 100)
 	missing := w.waitDone(js, 45*time.Second, isDone)
 	t.Logf("%d journeys through 4 hops in %s", n, time.Since(start).Round(time.Millisecond))
-	all := w.spans(js)
+	all := w.assemble(js)
 	x := w.checkJourneys(t, js, all, func(*journey) [numHops]arrival { return [numHops]arrival{} })
 	x.lost = len(missing)
 	record(t, x)
 }
 
-// checkJourneys asserts continuity, session integrity and no cross-talk
-// for js, and returns their tally (lost is the caller's to fill).
-func (w *world) checkJourneys(t *testing.T, js []*journey, all map[trace.SpanID]sdktrace.ReadOnlySpan,
+// checkJourneys asserts, with journeytest, each journey's parent links (as
+// arrive says), that it is whole (no orphan, no broken link), that it holds
+// its own session only and on as many traces as it should, and that no
+// handler saw another journey's session or baggage. It returns their tally
+// (lost is the caller's to fill); spans counts the spans on the journeys'
+// first traces, the callers'.
+func (w *world) checkJourneys(t *testing.T, js []*journey, all map[string]*tbjourney.Journey,
 	arrive func(*journey) [numHops]arrival) tally {
 	t.Helper()
-	x := tally{journeys: len(js), spans: spansOfJourneys(js, all)}
-	var problems []string
+	rep := &reporter{t: t}
+	x := tally{journeys: len(js)}
 	w.mu.Lock()
 	for _, j := range js {
-		r := w.checkChain(j, all, arrive(j))
-		x.links += r.links
-		x.broken += r.broken
-		problems = append(problems, r.problems...)
+		jn := journeyOf(all, j)
+		x.spans += spansOn(jn, j.client.TraceID())
+		links, held := w.checkChain(rep, j, jn, arrive(j))
+		x.links += links
+		x.broken += links - held
+		journeytest.Whole(rep, jn)
+		journeytest.OneSession(rep, jn)
+		if len(jn.Traces) != j.traces {
+			rep.Errorf("session %s is on %d traces, want %d", j.session, len(jn.Traces), j.traces)
+		}
 	}
 	crossTalk, unknown := w.crossTalk, w.unknown
 	w.mu.Unlock()
-	problems = append(problems, sessionIntegrity(js, all)...)
-	for i, p := range problems {
-		if i == 10 {
-			t.Errorf("... and %d more", len(problems)-10)
-			break
-		}
-		t.Error(p)
-	}
+	rep.done()
 	for i, c := range crossTalk {
 		if i == 10 {
 			break

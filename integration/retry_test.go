@@ -10,11 +10,11 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 	kafkago "github.com/segmentio/kafka-go"
-	"go.opentelemetry.io/otel/codes"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tracebridge/tracebridge/carrier"
+	tbjourney "github.com/tracebridge/tracebridge/journey"
+	"github.com/tracebridge/tracebridge/journeytest"
 )
 
 // TestRetriesAndDeadLettersAcrossHops fails, on every hop, some journeys
@@ -50,10 +50,13 @@ func TestRetriesAndDeadLettersAcrossHops(t *testing.T) {
 
 	missing := w.waitDone(retried, 30*time.Second, isDone)
 	deadLetters := w.collectDeadLetters(t, dead, alwaysAt)
-	spans := w.spans(all)
-	x := w.checkJourneys(t, retried, spans, func(*journey) [numHops]arrival { return [numHops]arrival{} })
+	journeys := w.assemble(all)
+	x := w.checkJourneys(t, retried, journeys, func(*journey) [numHops]arrival { return [numHops]arrival{} })
 	x.journeys = len(all)
-	x.spans = spansOfJourneys(all, spans)
+	x.spans = 0
+	for _, j := range all {
+		x.spans += spansOn(journeyOf(journeys, j), j.client.TraceID())
+	}
 	x.lost = len(missing)
 
 	w.mu.Lock()
@@ -63,18 +66,24 @@ func TestRetriesAndDeadLettersAcrossHops(t *testing.T) {
 	for _, j := range retried {
 		h := onceAt[j.key]
 		x.links++
-		if err := checkAttempts(spans, j, h, 2, false); err != nil {
+		if !w.checkAttempts(t, j, journeyOf(journeys, j), h, 2, tbjourney.Succeeded) {
 			x.broken++
-			t.Error(err)
 		}
 	}
 	for _, j := range dead {
 		h := alwaysAt[j.key]
+		jn := journeyOf(journeys, j)
 		x.links++
-		if err := checkAttempts(spans, j, h, w.cfg.attempts, true); err != nil {
-			x.broken++
-			t.Error(err)
+		// Every hop but the job has a dead-letter destination; a dead job
+		// goes to the dead-job handler, which records no span.
+		outcome := tbjourney.DeadLettered
+		if h == hopJob {
+			outcome = tbjourney.Failed
 		}
+		if !w.checkAttempts(t, j, jn, h, w.cfg.attempts, outcome) {
+			x.broken++
+		}
+		journeytest.Whole(t, jn)
 		if j.done {
 			t.Errorf("journey %s finished although its %s hop always fails", j.key, h)
 		}
@@ -89,8 +98,8 @@ func TestRetriesAndDeadLettersAcrossHops(t *testing.T) {
 			t.Errorf("journey %s: no dead letter at its %s hop", j.key, h)
 			continue
 		}
-		first := spans[j.tries[h][0].SpanID()]
-		if first == nil {
+		first, ok := jn.Span(j.tries[h][0].SpanID())
+		if !ok {
 			t.Errorf("journey %s: no first attempt span", j.key)
 			continue
 		}
@@ -102,7 +111,7 @@ func TestRetriesAndDeadLettersAcrossHops(t *testing.T) {
 			// The dead letter keeps the message's creation context: the
 			// send span the attempts are children of.
 			want["traceparent"] = carrier.FormatTraceparent(trace.NewSpanContext(trace.SpanContextConfig{
-				TraceID: first.SpanContext().TraceID(), SpanID: first.Parent().SpanID(), TraceFlags: trace.FlagsSampled}))
+				TraceID: first.TraceID, SpanID: first.Parent, TraceFlags: trace.FlagsSampled}))
 			want["dead-letter-source"] = w.dest(h)
 		}
 		for k, v := range want {
@@ -117,51 +126,46 @@ func TestRetriesAndDeadLettersAcrossHops(t *testing.T) {
 	record(t, x)
 }
 
-// checkAttempts asserts n process spans at hop h of journey j, attempts
-// 1..n on the journey's trace under one send span, each linked to the one
-// before; when final, the last is an error and the others are not.
-func checkAttempts(spans map[trace.SpanID]sdktrace.ReadOnlySpan, j *journey, h hop, n int, final bool) error {
-	tries := j.tries[h]
-	if len(tries) != n {
-		return fmt.Errorf("journey %s %s hop: %d attempts, want %d", j.key, h, len(tries), n)
+// checkAttempts asserts, with journeytest, n attempts at hop h of journey
+// j, numbered 1..n and each linked to the one before: exactly the attempts
+// the hop's handler ran, in order, on the caller's trace. It also asserts
+// the chain's outcome (for DeadLettered, a dead letter sent by the last
+// attempt) and that only a final attempt has status Error.
+func (w *world) checkAttempts(t *testing.T, j *journey, jn *tbjourney.Journey, h hop, n int, outcome tbjourney.Outcome) bool {
+	t.Helper()
+	name := "process " + w.dest(h)
+	if !journeytest.RetryChain(t, jn, name, n) {
+		return false
 	}
-	var parent trace.SpanID
-	for i, sc := range tries {
-		s := spans[sc.SpanID()]
-		if s == nil {
-			return fmt.Errorf("journey %s %s attempt %d: span never ended", j.key, h, i+1)
-		}
-		if s.SpanContext().TraceID() != j.client.TraceID() {
-			return fmt.Errorf("journey %s %s attempt %d on another trace", j.key, h, i+1)
-		}
-		if i == 0 {
-			parent = s.Parent().SpanID()
-		} else if s.Parent().SpanID() != parent {
-			return fmt.Errorf("journey %s %s attempt %d has another parent than attempt 1", j.key, h, i+1)
-		}
-		if a := attrString(s, "tracebridge.attempt"); a != fmt.Sprint(i+1) {
-			return fmt.Errorf("journey %s %s attempt %d: tracebridge.attempt=%q", j.key, h, i+1, a)
-		}
-		if i > 0 && !linksTo(s, tries[i-1].SpanID()) {
-			return fmt.Errorf("journey %s %s attempt %d does not link to attempt %d", j.key, h, i+1, i)
-		}
-		isErr := s.Status().Code == codes.Error
-		if final && i == n-1 && !isErr {
-			return fmt.Errorf("journey %s %s: final attempt's status is not Error", j.key, h)
-		}
-		if i < n-1 && isErr {
-			return fmt.Errorf("journey %s %s: retried attempt %d has status Error", j.key, h, i+1)
-		}
+	if outcome == tbjourney.DeadLettered && !journeytest.DeadLetter(t, jn, name) {
+		return false
 	}
-	return nil
-}
-
-func linksTo(s sdktrace.ReadOnlySpan, id trace.SpanID) bool {
-	for _, l := range s.Links() {
-		if l.SpanContext.SpanID() == id {
-			return true
+	for _, c := range jn.Retries {
+		if c.Name != name || len(c.Attempts) != n {
+			continue
 		}
+		if c.Outcome != outcome {
+			t.Errorf("session %s %s: the chain's outcome is %s, want %s", jn.Session, name, c.Outcome, outcome)
+			return false
+		}
+		if len(j.tries[h]) != n {
+			t.Errorf("journey %s %s hop: the handler ran %d attempts, want %d", j.key, h, len(j.tries[h]), n)
+			return false
+		}
+		for i, a := range c.Attempts {
+			if a.Span.SpanID != j.tries[h][i].SpanID() || a.Span.TraceID != j.client.TraceID() {
+				t.Errorf("journey %s %s attempt %d is not the handler's attempt %d on the caller's trace", j.key, h, a.Number, i+1)
+				return false
+			}
+			s, _ := jn.Span(a.Span.SpanID)
+			if final := i == n-1 && outcome != tbjourney.Succeeded; s.Error != final {
+				t.Errorf("session %s %s attempt %d: status Error is %v, want %v", jn.Session, name, a.Number, s.Error, final)
+				return false
+			}
+		}
+		return true
 	}
+	t.Errorf("session %s: no chain of %d attempts at %s", jn.Session, n, name)
 	return false
 }
 

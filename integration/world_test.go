@@ -26,6 +26,8 @@ import (
 	"github.com/tracebridge/tracebridge/carrier"
 	"github.com/tracebridge/tracebridge/internal/testenv"
 	"github.com/tracebridge/tracebridge/jobs"
+	tbjourney "github.com/tracebridge/tracebridge/journey"
+	"github.com/tracebridge/tracebridge/journeytest"
 	tbkafka "github.com/tracebridge/tracebridge/kafka"
 	tnats "github.com/tracebridge/tracebridge/nats"
 )
@@ -93,6 +95,7 @@ type world struct {
 	t   *testing.T
 	cfg worldConfig
 	tel *testenv.Telemetry
+	rec *journeytest.Recorder // every span, for the journey checks
 	tb  []tracebridge.Option
 
 	kafkaAddrs           []string
@@ -142,8 +145,9 @@ func newWorld(t *testing.T, cfg worldConfig) *world {
 		cfg.reconnectWait = 5 * time.Second
 	}
 	id := fmt.Sprintf("tbi-%s-%d", runID, nameSeq.Add(1))
+	rec := journeytest.NewRecorder()
 	w := &world{
-		t: t, cfg: cfg, tel: testenv.NewTelemetry(t),
+		t: t, cfg: cfg, tel: testenv.NewTelemetry(t, sdktrace.WithSpanProcessor(rec)), rec: rec,
 		kafkaAddrs: testenv.Kafka(t),
 		topic:      id, dlqTopic: id + "-dlq", group: id + "-g",
 		queue: id, dlqQueue: id + ".dlq",
@@ -613,45 +617,59 @@ func (w *world) waitDone(js []*journey, d time.Duration, want func(j *journey) b
 
 func isDone(j *journey) bool { return j.done }
 
-// spans waits until every span the handlers ran in has ended (a process
-// span ends after its settle, just after the handler returns) and returns
-// all ended spans by ID.
-func (w *world) spans(js []*journey) map[trace.SpanID]sdktrace.ReadOnlySpan {
+// assemble waits until every span the handlers ran in has ended (a process
+// span ends after its settle, just after the handler returns), and the
+// chain above each of them too, and assembles every recorded session's
+// journey, by session.
+func (w *world) assemble(js []*journey) map[string]*tbjourney.Journey {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		all := map[trace.SpanID]sdktrace.ReadOnlySpan{}
-		for _, s := range w.tel.Ended() {
-			all[s.SpanContext().SpanID()] = s
+		spans := w.rec.Spans()
+		ended := make(map[trace.SpanID]tbjourney.Span, len(spans))
+		for _, s := range spans {
+			ended[s.SpanID] = s
 		}
 		complete := true
 		w.mu.Lock()
 		for _, j := range js {
-			for _, ss := range j.successes {
-				for _, sc := range ss {
-					// The whole chain above a hop must have ended too: a
-					// hop can finish before an upstream span does (a send
-					// still waiting for its broker's confirm).
+			for _, tries := range j.tries {
+				for _, sc := range tries {
+					// The whole chain above an attempt must have ended
+					// too: a hop can finish before an upstream span does
+					// (a send still waiting for its broker's confirm).
 					for id := sc.SpanID(); ; {
-						s, ok := all[id]
+						s, ok := ended[id]
 						if !ok {
 							complete = false
 							break
 						}
-						p := s.Parent()
-						if !p.IsValid() || p.TraceID() != s.SpanContext().TraceID() {
+						if !s.Parent.IsValid() {
 							break
 						}
-						id = p.SpanID()
+						id = s.Parent
 					}
 				}
 			}
 		}
 		w.mu.Unlock()
 		if complete || time.Now().After(deadline) {
-			return all
+			out := map[string]*tbjourney.Journey{}
+			for _, jn := range tbjourney.AssembleAll(spans) {
+				out[jn.Session] = jn
+			}
+			return out
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// journeyOf returns the assembled journey of j: empty when no span names
+// its session, which every assertion fails.
+func journeyOf(all map[string]*tbjourney.Journey, j *journey) *tbjourney.Journey {
+	if jn, ok := all[j.session]; ok {
+		return jn
+	}
+	return tbjourney.Assemble(j.session, nil)
 }
 
 func (w *world) dest(h hop) string {
@@ -676,170 +694,120 @@ const (
 	newTrace                // the hop's input was corrupted: a new trace starts here
 )
 
-// chainReport is the continuity of one journey.
-type chainReport struct {
-	links, broken int
-	problems      []string
+// segment is the part of a journey on one trace: the span names from the
+// trace's root down to end.
+type segment struct {
+	names []string
+	hops  []hop // the hop of each process span in names, -1 for the others
+	end   trace.SpanContext
 }
 
-// checkChain walks the journey from its job back to the caller, checking
-// every parent link: process → send → previous process ... → edge → client,
-// that every span is on the expected trace, and that process spans carry
-// the journey's session. arrive[h] says how hop h attaches to hop h-1 (the
-// edge for Kafka).
-func (w *world) checkChain(j *journey, all map[trace.SpanID]sdktrace.ReadOnlySpan, arrive [numHops]arrival) (r chainReport) {
-	// r is named so that the deferred accounting below reaches the caller.
-	edge := func(ok bool, format string, a ...any) bool {
-		r.links++
-		if !ok {
-			r.broken++
-			r.problems = append(r.problems, fmt.Sprintf("journey %s: ", j.key)+fmt.Sprintf(format, a...))
-		}
-		return ok
-	}
-	// Links a journey has: client ← edge, and per hop process ← send ← previous
-	// (one link for direct/new-trace arrivals).
-	total := 1
-	for _, a := range arrive {
-		total += map[arrival]int{viaSend: 2, direct: 1, newTrace: 1}[a]
-	}
-	defer func() {
-		if r.links < total { // a break stops the walk: what was not reached is broken too
-			r.broken += total - r.links
-			r.links = total
-		}
-	}()
+func (s *segment) add(name string, h hop) {
+	s.names = append(s.names, name)
+	s.hops = append(s.hops, h)
+}
 
-	// Any attempt of a hop may have forwarded: an attempt whose publish
-	// reached the broker but whose confirm was lost to a restart fails and
-	// is retried, and both copies travel on (at least once).
-	ok := func(h hop, sc trace.SpanContext) bool {
-		for _, s := range j.tries[h] {
-			if s.SpanID() == sc.SpanID() {
-				return true
-			}
-		}
-		return false
-	}
-	if len(j.successes[hopJob]) == 0 {
-		r.problems = append(r.problems, fmt.Sprintf("journey %s never reached its job", j.key))
-		return r
-	}
-	cur := all[j.successes[hopJob][0].SpanID()]
-	traceID := cur.SpanContext().TraceID()
-	for h := hopJob; h >= hopKafka; h-- {
-		if cur == nil || !ok(h, cur.SpanContext()) {
-			edge(false, "%s hop: no process span of an attempt", h)
-			return r
-		}
-		if cur.SpanKind() != trace.SpanKindConsumer || cur.Name() != "process "+w.dest(h) {
-			edge(false, "%s hop: span %q kind %v", h, cur.Name(), cur.SpanKind())
-			return r
-		}
-		if v := attrString(cur, "session.id"); v != j.wantSession[h] {
-			r.problems = append(r.problems, fmt.Sprintf("journey %s %s: process span session.id %q", j.key, h, v))
-		}
-		if cur.SpanContext().TraceID() != traceID {
-			edge(false, "%s hop: process span on trace %s, journey on %s", h, cur.SpanContext().TraceID(), traceID)
-			return r
-		}
-		var prevOK func(sdktrace.ReadOnlySpan) bool
-		if h == hopKafka {
-			prevOK = func(s sdktrace.ReadOnlySpan) bool { return s.SpanContext().SpanID() == j.edge.SpanID() }
-		} else {
-			prevOK = func(s sdktrace.ReadOnlySpan) bool { return ok(h-1, s.SpanContext()) }
-		}
+// segments lays the journey out as the arrivals say it must be: from the
+// caller's span through the edge and each hop's send (viaSend) or straight
+// (direct) to its process span, and a new segment where a hop starts a new
+// trace. The last segment ends at the job's first successful attempt.
+func (w *world) segments(j *journey, arrive [numHops]arrival) []segment {
+	segs := []segment{{names: []string{"journey " + j.key, http.MethodPost}, hops: []hop{-1, -1}}}
+	for h := hopKafka; h < numHops; h++ {
+		cur := &segs[len(segs)-1]
 		switch arrive[h] {
-		case newTrace:
-			if !edge(!cur.Parent().IsValid() && traceID != j.client.TraceID(),
-				"%s hop: corrupted input should start a new trace, parent %s", h, cur.Parent().SpanID()) {
-				return r
-			}
-			// The hops before it are still on the caller's trace.
-			cur, traceID = nil, j.client.TraceID()
-			if h > hopKafka {
-				if sc := j.successes[h-1]; len(sc) > 0 {
-					cur = all[sc[0].SpanID()]
-				}
-			}
-			continue
+		case viaSend:
+			cur.add("send "+w.dest(h), -1)
+			cur.add("process "+w.dest(h), h)
 		case direct:
-			p := all[cur.Parent().SpanID()]
-			if !edge(p != nil && prevOK(p), "%s hop: parent is not the forwarding process span", h) {
-				return r
+			cur.add("process "+w.dest(h), h)
+		case newTrace:
+			cur.end = j.edge
+			if h > hopKafka && len(j.successes[h-1]) > 0 {
+				cur.end = j.successes[h-1][0]
 			}
-			cur = p
+			segs = append(segs, segment{})
+			segs[len(segs)-1].add("process "+w.dest(h), h)
+		}
+	}
+	if len(j.successes[hopJob]) > 0 {
+		segs[len(segs)-1].end = j.successes[hopJob][0]
+	}
+	return segs
+}
+
+// checkChain asserts, with journeytest, the parent links of the journey
+// the arrivals describe (client ← edge, and per hop process ← send ←
+// previous process, or process ← previous process), that where a hop starts
+// a new trace it does, and that each hop's process span carries the session
+// its handler must see. It returns the links checked and how many held.
+func (w *world) checkChain(t journeytest.T, j *journey, jn *tbjourney.Journey, arrive [numHops]arrival) (links, held int) {
+	t.Helper()
+	if len(j.successes[hopJob]) == 0 {
+		for _, s := range w.segments(j, arrive) {
+			links += len(s.names)
+		}
+		t.Errorf("journey %s never reached its job", j.key)
+		return links - 1, 0
+	}
+	for i, s := range w.segments(j, arrive) {
+		links += len(s.names) - 1
+		held += journeytest.Chain(t, jn, s.end.SpanID(), s.names...)
+		path := jn.Path(s.end.SpanID())
+		for k, h := range s.hops {
+			if h >= 0 && k < len(path) && len(path) == len(s.names) && path[k].Session() != j.wantSession[h] {
+				t.Errorf("journey %s %s hop: %s has session.id %q, want %q", j.key, h, path[k].Name,
+					path[k].Session(), j.wantSession[h])
+			}
+		}
+		if i == 0 {
 			continue
 		}
-		send := all[cur.Parent().SpanID()]
-		if !edge(send != nil && send.SpanKind() == trace.SpanKindProducer && send.Name() == "send "+w.dest(h) &&
-			send.SpanContext().TraceID() == traceID, "%s hop: process span's parent is not its send span", h) {
-			return r
+		// The segment starts a new trace: its root has no parent and is
+		// not on the caller's trace.
+		links++
+		if len(path) > 0 && !path[0].Parent.IsValid() && path[0].TraceID != j.client.TraceID() {
+			held++
+		} else {
+			t.Errorf("journey %s: %q should start a new trace", j.key, s.names[0])
 		}
-		prev := all[send.Parent().SpanID()]
-		if !edge(prev != nil && prevOK(prev), "%s hop: send span's parent is not the previous hop", h) {
-			return r
-		}
-		cur = prev
 	}
-	// cur is the edge's server span.
-	edge(cur != nil && cur.SpanKind() == trace.SpanKindServer && cur.Parent().SpanID() == j.client.SpanID() &&
-		cur.SpanContext().TraceID() == j.client.TraceID(), "edge span is not the client's child")
-	return r
+	return links, held
 }
 
-func attrString(s sdktrace.ReadOnlySpan, key string) string {
-	for _, a := range s.Attributes() {
-		if string(a.Key) == key {
-			return a.Value.String()
-		}
-	}
-	return ""
-}
-
-// sessionIntegrity checks that each journey's session appears on spans of
-// one trace only, and that no span of a journey's trace names another
-// session. It returns the problems found.
-func sessionIntegrity(js []*journey, all map[trace.SpanID]sdktrace.ReadOnlySpan) []string {
-	byTrace := map[trace.TraceID]string{}
-	for _, j := range js {
-		byTrace[j.client.TraceID()] = j.session
-	}
-	traces := map[string]map[trace.TraceID]bool{}
-	var problems []string
-	for _, s := range all {
-		sid := attrString(s, "session.id")
-		if want, ok := byTrace[s.SpanContext().TraceID()]; ok && sid != "" && sid != want {
-			problems = append(problems, fmt.Sprintf("span %q of session %s's trace names session %s", s.Name(), want, sid))
-		}
-		if sid != "" {
-			if traces[sid] == nil {
-				traces[sid] = map[trace.TraceID]bool{}
-			}
-			traces[sid][s.SpanContext().TraceID()] = true
-		}
-	}
-	for _, j := range js {
-		if n := len(traces[j.session]); n != j.traces {
-			problems = append(problems, fmt.Sprintf("session %s is on %d traces, want %d", j.session, n, j.traces))
-		}
-	}
-	return problems
-}
-
-// spansOfJourneys counts the spans on the journeys' traces.
-func spansOfJourneys(js []*journey, all map[trace.SpanID]sdktrace.ReadOnlySpan) int {
-	traces := map[trace.TraceID]bool{}
-	for _, j := range js {
-		traces[j.client.TraceID()] = true
-	}
+// spansOn counts the journey's spans on one trace.
+func spansOn(jn *tbjourney.Journey, id trace.TraceID) int {
 	n := 0
-	for _, s := range all {
-		if traces[s.SpanContext().TraceID()] {
+	for _, s := range jn.Spans {
+		if s.TraceID == id {
 			n++
 		}
 	}
 	return n
+}
+
+// reporter passes the first failures of many journeys to t and counts the
+// rest, so a broken run of 1,000 journeys draws ten of them, not all.
+type reporter struct {
+	t *testing.T
+	n int
+}
+
+func (r *reporter) Helper() { r.t.Helper() }
+
+func (r *reporter) Errorf(format string, args ...any) {
+	r.t.Helper()
+	if r.n++; r.n <= 10 {
+		r.t.Errorf(format, args...)
+	}
+}
+
+// done reports how many failures were not shown.
+func (r *reporter) done() {
+	r.t.Helper()
+	if r.n > 10 {
+		r.t.Errorf("... and %d more failures", r.n-10)
+	}
 }
 
 var errInjected = errors.New("injected failure")

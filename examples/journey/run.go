@@ -27,6 +27,7 @@ import (
 	"github.com/tracebridge/tracebridge/carrier"
 	"github.com/tracebridge/tracebridge/examples/demoenv"
 	"github.com/tracebridge/tracebridge/jobs"
+	"github.com/tracebridge/tracebridge/journey"
 	"github.com/tracebridge/tracebridge/kafka"
 	tnats "github.com/tracebridge/tracebridge/nats"
 )
@@ -71,8 +72,8 @@ type demo struct {
 // run runs one journey and prints it to out. It fails when the journey is
 // not whole or, with an OTLP endpoint, when the endpoint did not accept
 // every span that was printed.
-func run(ctx context.Context, out io.Writer) (err error) {
-	tel, err := newTelemetry(ctx)
+func run(ctx context.Context, out io.Writer, cfg config) (err error) {
+	tel, err := newTelemetry(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -168,23 +169,18 @@ func run(ctx context.Context, out io.Writer) (err error) {
 	}
 	spans := tel.trace(traceID)
 	fmt.Fprintf(out, "session %s   trace %s   %d spans\n\n", d.session, traceID, len(spans))
-	printWaterfall(out, spans)
+	j := journey.Assemble(d.session, journey.FromSDKSpans(tel.spans.Ended()))
+	j.Draw(out)
 
-	others, retryLink := 0, false
-	for _, s := range tel.spans.Ended() {
-		if attrMap(s.Attributes())["session.id"] == d.session && s.SpanContext().TraceID() != traceID {
-			others++
-		}
-		for _, l := range s.Links() {
-			retryLink = retryLink || s.SpanContext().TraceID() == traceID &&
-				attrMap(l.Attributes)["tracebridge.link.type"] == "previous_attempt"
-		}
+	others, retryLink := len(j.Spans)-len(spans), false
+	for _, c := range j.Retries {
+		retryLink = retryLink || len(c.Attempts) > 1 && c.Linked
 	}
 	fmt.Fprintf(out, "\nLog lines of session %s (found by session ID, as grep would):\n", d.session)
 	lines := tel.printSessionLogs(out, d.session)
 	fmt.Fprintf(out, "\n%d spans on one trace, %d spans of this session on other traces, retry linked to its previous attempt: %v, %d log lines\n",
 		len(spans), others, retryLink, lines)
-	if others != 0 || !retryLink {
+	if others != 0 || !retryLink || !j.Whole() {
 		return errors.New("the journey is not whole")
 	}
 
@@ -194,6 +190,10 @@ func run(ctx context.Context, out io.Writer) (err error) {
 	defer cancel()
 	if err := tel.flush(fctx); err != nil {
 		return err
+	}
+	if cfg.otlpOut != "" {
+		fmt.Fprintf(out, "Spans written to %s as OTLP JSON: go run ./cmd/tracebridge journey %s --otlp %s\n",
+			cfg.otlpOut, d.session, cfg.otlpOut)
 	}
 	if tel.endpoint == "" {
 		fmt.Fprintln(out, "Not exported: set OTEL_EXPORTER_OTLP_ENDPOINT (e.g. http://localhost:4318) to see the journey in Jaeger.")

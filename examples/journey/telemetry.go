@@ -21,6 +21,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tracebridge/tracebridge/carrier"
+	"github.com/tracebridge/tracebridge/journey"
 )
 
 // telemetry is the demo's OpenTelemetry setup: every span is recorded in
@@ -35,12 +36,18 @@ import (
 // the first one to stop would cut off the others' spans. So the providers
 // get a sharedExporter whose Shutdown does nothing, and flush shuts the real
 // exporter down once every provider has handed over its spans.
+//
+// With --otlp-out every provider also writes its spans to a file as OTLP
+// JSON lines (journey.OTLPWriter), and with --logs-out the log lines go to a
+// file too: what `tracebridge journey` reads.
 type telemetry struct {
 	spans    *tracetest.SpanRecorder
 	endpoint string          // "" without OTLP
 	exp      *sharedExporter // nil without OTLP
 	logs     *syncBuffer
 	log      *slog.Logger
+	files    []*os.File          // --otlp-out and --logs-out, closed by flush
+	otlpFile *journey.OTLPWriter // nil without --otlp-out
 
 	mu  sync.Mutex
 	tps map[string]*sdktrace.TracerProvider
@@ -49,8 +56,38 @@ type telemetry struct {
 	flushErr  error
 }
 
-func newTelemetry(ctx context.Context) (*telemetry, error) {
-	t := &telemetry{spans: tracetest.NewSpanRecorder(), logs: &syncBuffer{}, tps: map[string]*sdktrace.TracerProvider{}}
+// config is what the command line sets.
+type config struct {
+	otlpOut string // write the spans here as OTLP JSON lines
+	logsOut string // write the log lines here as JSON lines
+}
+
+func newTelemetry(ctx context.Context, cfg config) (t *telemetry, err error) {
+	t = &telemetry{spans: tracetest.NewSpanRecorder(), logs: &syncBuffer{}, tps: map[string]*sdktrace.TracerProvider{}}
+	defer func() {
+		if err != nil {
+			for _, f := range t.files {
+				_ = f.Close()
+			}
+		}
+	}()
+	var logs io.Writer = t.logs
+	if cfg.otlpOut != "" {
+		f, err := os.Create(cfg.otlpOut)
+		if err != nil {
+			return nil, fmt.Errorf("--otlp-out: %w", err)
+		}
+		t.files = append(t.files, f)
+		t.otlpFile = journey.NewOTLPWriter(f)
+	}
+	if cfg.logsOut != "" {
+		f, err := os.Create(cfg.logsOut)
+		if err != nil {
+			return nil, fmt.Errorf("--logs-out: %w", err)
+		}
+		t.files = append(t.files, f)
+		logs = io.MultiWriter(t.logs, f)
+	}
 	t.endpoint = os.Getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 	if t.endpoint == "" {
 		t.endpoint = os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -64,7 +101,7 @@ func newTelemetry(ctx context.Context) (*telemetry, error) {
 	}
 	// Every line goes to the buffer as JSON, so the demo can find the
 	// session's lines afterwards the way `grep <session>` would.
-	t.log = slog.New(carrier.NewLogHandler(slog.NewJSONHandler(t.logs, nil), "tenant"))
+	t.log = slog.New(carrier.NewLogHandler(slog.NewJSONHandler(logs, nil), "tenant"))
 	return t, nil
 }
 
@@ -84,6 +121,9 @@ func (t *telemetry) service(name string) trace.TracerProvider {
 	}
 	if t.exp != nil {
 		opts = append(opts, sdktrace.WithBatcher(t.exp))
+	}
+	if t.otlpFile != nil {
+		opts = append(opts, sdktrace.WithSyncer(t.otlpFile))
 	}
 	tp := sdktrace.NewTracerProvider(opts...)
 	t.tps[name] = tp
@@ -106,6 +146,13 @@ func (t *telemetry) flush(ctx context.Context) error {
 		if t.exp != nil {
 			if err := t.exp.next.Shutdown(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("shut the OTLP exporter down: %w", err))
+			}
+		}
+		// Every provider has written its spans (and every service has
+		// stopped logging): the files are complete.
+		for _, f := range t.files {
+			if err := f.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("close %s: %w", f.Name(), err))
 			}
 		}
 		t.flushErr = errors.Join(errs...)

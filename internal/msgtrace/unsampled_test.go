@@ -218,3 +218,37 @@ func TestUnsampledPathWithoutSDK(t *testing.T) {
 		})
 	}
 }
+
+// The root spans tracebridge starts for new traces (the link policy, an
+// untrusted consumer) see the message's session, so the session sampler
+// decides them from it, not from the fallback; whatever the creation
+// context's own decision was.
+func TestNewRootsAreDecidedBySession(t *testing.T) {
+	in, out := "00000000-0000-4000-8000-000000000000", "00000000-0000-4000-8000-000000000001" // sampled and not at 0.5
+	if !sampling.Sampled(in, 0.5) || sampling.Sampled(out, 0.5) {
+		t.Fatal("test sessions do not split at 0.5")
+	}
+	tp := provider(t, sampling.New(0.5, sampling.WithFallback(sdktrace.NeverSample())))
+	for _, c := range []struct {
+		name string
+		opt  msgtrace.Option
+	}{
+		{"link policy", func(c *msgtrace.Config) { c.Parent = msgtrace.LinkToCreation }},
+		{"untrusted", func(c *msgtrace.Config) {
+			c.Propagator, c.Trust = carrier.NewPropagator(carrier.WithTrust(carrier.Untrusted)), carrier.Untrusted
+		}},
+	} {
+		for _, sess := range []string{in, out} {
+			for _, parentSampled := range []bool{false, true} {
+				tr := msgtrace.New("kafka", []msgtrace.Option{func(c *msgtrace.Config) { c.TracerProvider = tp }, c.opt})
+				h := propagation.MapCarrier{}
+				carrier.NewPropagator().Inject(carrier.ContextWithSession(testenv.Parent(parentSampled), sess), h)
+				ctx, p := tr.StartProcess(context.Background(), msgtrace.Delivery{Message: msgtrace.Message{Destination: "orders"}, Carrier: h})
+				if got, want := p.Span.IsRecording(), sess == in; got != want || trace.SpanContextFromContext(ctx).TraceID() == trace.SpanContextFromContext(testenv.Parent(false)).TraceID() {
+					t.Errorf("%s, session %s, creation sampled=%v: recording=%v, want %v (on a new trace)", c.name, sess, parentSampled, got, want)
+				}
+				p.End(ctx, nil, false)
+			}
+		}
+	}
+}

@@ -108,12 +108,30 @@ func WithoutCreateSpans() Option {
 // costs no span start and no span ID; with head sampling at the edge that
 // is most messages. Metrics are recorded either way.
 //
+// Components do this by default whenever they can tell that it changes
+// nothing the sampler records: at construction they probe the tracer
+// provider with a few spans under unsampled parents, and if it records
+// none of them (sdktrace.ParentBased with any root sampler, the session
+// sampler of package sampling, which still records its debug sessions
+// under any parent), they start no span under an unsampled parent. The
+// option is the promise for the cases the probe cannot tell: a provider
+// that is not the SDK, or the global provider before one is installed.
+//
 // Do not set it with a sampler that may record a child of an unsampled
 // parent (sdktrace.AlwaysSample() or a TraceIDRatioBased sampler not
 // wrapped in ParentBased): the spans that sampler would have recorded under
 // unsampled parents are not started.
 func WithParentBasedSampling() Option {
-	return func(c *msgtrace.Config) { c.ParentBasedSampling = true }
+	return func(c *msgtrace.Config) { c.ParentBasedSampling, c.AskSampler = true, false }
+}
+
+// WithoutParentBasedSampling turns the unsampled path off: every message
+// starts its span and the sampler is asked, even under an unsampled
+// parent. Use it with a sampler that the probe of WithParentBasedSampling
+// cannot see through: one that records some children of unsampled parents
+// depending on their attributes, names or context.
+func WithoutParentBasedSampling() Option {
+	return func(c *msgtrace.Config) { c.ParentBasedSampling, c.AskSampler = false, true }
 }
 
 // WithSettleSpans records ack, nack, commit and term as spans of their own

@@ -41,6 +41,8 @@ type config struct {
 	filter        BaggageFilter
 	mp            metric.MeterProvider
 	logger        *slog.Logger
+	debugIDs      []string // see WithDebugSessions
+	debug         debugSet
 }
 
 // Option configures a Propagator.
@@ -97,5 +99,6 @@ func newConfig(opts []Option) config {
 	if c.logger == nil {
 		c.logger = slog.Default()
 	}
+	c.debug = newDebugSet(&c)
 	return c
 }

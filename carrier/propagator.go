@@ -308,6 +308,10 @@ func (p *Propagator) appendBaggage(dst []byte, members []baggage.Member, sess st
 		dst = appendBaggageValue(dst, sess)
 		count++
 	}
+	if p.markDebug(members, sess) {
+		dst = appendDebugMember(dst, sess)
+		count++
+	}
 	// Sort indices, not the members: a Member is large and there are few.
 	var idxBuf [16]int
 	order := idxBuf[:0]
@@ -325,7 +329,7 @@ func (p *Propagator) appendBaggage(dst []byte, members []baggage.Member, sess st
 	}
 	for _, i := range order {
 		m := &members[i]
-		if m.Key() == BaggageSessionKey {
+		if m.Key() == BaggageSessionKey || m.Key() == BaggageDebugKey { // written above, or not at all
 			continue
 		}
 		if !p.cfg.filter(m.Key()) {
@@ -808,6 +812,9 @@ func (p *Propagator) extractBaggage(ctx context.Context, in *incoming, l *fieldL
 }
 
 func (p *Propagator) allowed(key string) bool {
+	if key == BaggageDebugKey {
+		return false // only trusted input may turn on debug capture, whatever the allow-list
+	}
 	_, ok := p.allow[key]
 	return ok
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/tracebridge/tracebridge/carrier"
 	"github.com/tracebridge/tracebridge/internal/testenv"
 	tbkafka "github.com/tracebridge/tracebridge/kafka"
+	"github.com/tracebridge/tracebridge/sampling"
 )
 
 const benchBatch = 100
@@ -58,6 +59,10 @@ func benchVariants(b *testing.B) []benchVariant {
 		{"unsampled-parentbased", false, []tracebridge.Option{with, tracebridge.WithParentBasedSampling()}},
 		{"sampled", true, []tracebridge.Option{with}},
 		{"sampled-nocreate", true, []tracebridge.Option{with, tracebridge.WithoutCreateSpans()}},
+		// The unsampled path off (the default before the probe), and the
+		// session sampler, which is asked per message about debug sessions.
+		{"unsampled-ask", false, []tracebridge.Option{with, tracebridge.WithoutParentBasedSampling()}},
+		{"unsampled-session", false, []tracebridge.Option{tracebridge.WithTracerProvider(benchProvider(b, sampling.New(0.1)))}},
 	}
 }
 

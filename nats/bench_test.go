@@ -16,6 +16,7 @@ import (
 	"github.com/tracebridge/tracebridge/carrier"
 	"github.com/tracebridge/tracebridge/internal/testenv"
 	tnats "github.com/tracebridge/tracebridge/nats"
+	"github.com/tracebridge/tracebridge/sampling"
 )
 
 // benchVariant is one way a wrapped client runs: under an unsampled or a
@@ -31,10 +32,16 @@ func benchVariants(b *testing.B) []benchVariant {
 	tp := sdktrace.NewTracerProvider()
 	b.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
 	with := tracebridge.WithTracerProvider(tp)
+	stp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sampling.New(0.1)))
+	b.Cleanup(func() { _ = stp.Shutdown(context.Background()) })
 	return []benchVariant{
 		{"unsampled", testenv.Parent(false), []tracebridge.Option{with}},
 		{"unsampled-parentbased", testenv.Parent(false), []tracebridge.Option{with, tracebridge.WithParentBasedSampling()}},
 		{"sampled", testenv.Parent(true), []tracebridge.Option{with}},
+		// The unsampled path off (the default before the probe), and the
+		// session sampler, which is asked per message about debug sessions.
+		{"unsampled-ask", testenv.Parent(false), []tracebridge.Option{with, tracebridge.WithoutParentBasedSampling()}},
+		{"unsampled-session", testenv.Parent(false), []tracebridge.Option{tracebridge.WithTracerProvider(stp)}},
 	}
 }
 

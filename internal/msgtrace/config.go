@@ -57,6 +57,11 @@ type Config struct {
 	// ReconnectWait is how long a publish waits for a lost connection to
 	// come back before it fails; 0 fails at once.
 	ReconnectWait time.Duration
+
+	// AskSampler turns off the sampler probe (see unsampled.go): every
+	// span is started and offered to the sampler, even under an unsampled
+	// parent.
+	AskSampler bool
 }
 
 // Option sets part of a Config.

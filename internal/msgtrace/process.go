@@ -119,10 +119,10 @@ func (t *Tracer) StartProcess(ctx context.Context, d Delivery) (context.Context,
 	attempt := n.shown
 
 	parentOnCreation := creation.IsValid() && trusted && t.parentOnCreation(d.PublishedAt)
-	if parentOnCreation && t.ParentBasedSampling && !creation.IsSampled() {
-		// The consumer side of WithParentBasedSampling: the process span's
-		// parent would be the unsampled creation context, so the sampler
-		// drops it. The handler runs on the creation context Extract put
+	if parentOnCreation && !creation.IsSampled() && t.skipUnder(ctx) {
+		// The consumer side of the unsampled path (unsampled.go): the
+		// process span's parent, the unsampled creation context, makes
+		// the sampler drop it. The handler runs on the creation context Extract put
 		// into ctx, which keeps its logs on the journey.
 		return ctx, t.passThroughProcess(ctx, &d, n)
 	}

@@ -60,6 +60,9 @@ func sampleBoth(t *testing.T, sample bool) (*seeingSampler, map[string]map[attri
 	tel := testenv.NewTelemetry(t, sdktrace.WithSampler(smp))
 	tr := msgtrace.New("kafka", []msgtrace.Option{func(c *msgtrace.Config) {
 		c.TracerProvider, c.MeterProvider = tel.TracerProvider, tel.MeterProvider
+		// A sampler that drops everything drops children of unsampled
+		// parents too, so the probe would spare it the process span: ask it.
+		c.AskSampler = true
 	}})
 	ctx := carrier.ContextWithSession(context.Background(), "s1")
 

@@ -56,6 +56,9 @@ type Tracer struct {
 	vouchers  *Attempts // failed attempts handed on for a retry, by span
 	sysAttr   attribute.KeyValue
 	spans     spanCache
+	// unsampled says when a message under an unsampled parent starts no
+	// span (see unsampled.go).
+	unsampled unsampledPolicy
 }
 
 // New resolves opts for a front end of the given messaging.system.
@@ -86,6 +89,7 @@ func New(system string, opts []Option) *Tracer {
 	if !ok {
 		cp = carrier.NewPropagator(carrier.WithMeterProvider(c.MeterProvider), carrier.WithLogger(c.Logger))
 	}
+	t.unsampled = resolveUnsampled(&c)
 	t.Config, t.carrier = c, cp
 	return t
 }
@@ -201,18 +205,15 @@ type Op struct {
 	parentOnly bool
 }
 
-// passThrough is the producer side of WithParentBasedSampling: under a
-// parent that is neither sampled nor recording, a parent-based sampler
-// would drop the span anyway, so none is started and the parent's context
-// is what travels. The SDK's non-recording span costs three allocations
+// passThrough is the producer side of the unsampled path (unsampled.go):
+// under a parent that is neither sampled nor recording, a parent-based
+// sampler would drop the span anyway, so none is started and the parent's
+// context is what travels. The SDK's non-recording span costs three allocations
 // and a span ID per message; this costs none. Metrics still count the
 // operation: sampling decides about traces, not measurements.
 func (t *Tracer) passThrough(ctx context.Context, op string, opType attribute.KeyValue, kind trace.SpanKind, m *Message, count int) (Op, bool) {
-	if !t.ParentBasedSampling {
-		return Op{}, false
-	}
 	parent := trace.SpanFromContext(ctx)
-	if sc := parent.SpanContext(); !sc.IsValid() || sc.IsSampled() || parent.IsRecording() {
+	if sc := parent.SpanContext(); !sc.IsValid() || sc.IsSampled() || parent.IsRecording() || !t.skipUnder(ctx) {
 		return Op{}, false
 	}
 	o := Op{Span: parent, t: t, count: count, parentOnly: true}

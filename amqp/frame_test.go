@@ -297,6 +297,11 @@ func TestPublisherDropsItsOwnHeadersToFit(t *testing.T) {
 // listed in dead-letter-dropped-headers. The consumer must keep its
 // connection (no reconnect) and go on to the next message.
 func TestConsumerDeadLetterTrimmedToFit(t *testing.T) {
+	t.Run("NewConsumer", func(t *testing.T) { testDeadLetterTrimmed(t, false) })
+	t.Run("NewConsumerOn", func(t *testing.T) { testDeadLetterTrimmed(t, true) })
+}
+
+func testDeadLetterTrimmed(t *testing.T, on bool) {
 	url := testenv.AMQP(t)
 	conn, ch := dial(t, url)
 	frameMax := conn.Config.FrameSize
@@ -306,13 +311,20 @@ func TestConsumerDeadLetterTrimmedToFit(t *testing.T) {
 	declare(t, ch, dlq, nil) // as the consumer does: a Get on a missing queue would close ch
 	var reconnects atomic.Int32
 	done := make(chan struct{})
-	c := amqp.NewConsumer(url, q, nil, func(ctx context.Context, d amqp091.Delivery) error {
+	h := func(ctx context.Context, d amqp091.Delivery) error {
 		if d.MessageId == "next" {
 			close(done)
 			return nil
 		}
 		return tracebridge.Permanent(errors.New(strings.Repeat("the reason is long ", 40)))
-	}, tracebridge.WithDeadLetter(dlq))
+	}
+	var c *amqp.Consumer
+	if on {
+		own, _ := dial(t, url)
+		c = amqp.NewConsumerOn(own, nil, q, nil, h, tracebridge.WithDeadLetter(dlq))
+	} else {
+		c = amqp.NewConsumer(url, q, nil, h, tracebridge.WithDeadLetter(dlq))
+	}
 	c.OnReconnect = func() { reconnects.Add(1) }
 	runConsumer(t, c.Run)
 

@@ -17,8 +17,9 @@ import (
 // a URL of its own (NewConsumer), or a connection the caller owns
 // (NewConsumerOn).
 type channelSource interface {
-	// channel opens a channel, (re)connecting first when needed.
-	channel(ctx context.Context) (*amqp091.Channel, error)
+	// channel opens a channel, (re)connecting first when needed, and
+	// reports its connection's negotiated frame_max.
+	channel(ctx context.Context) (ch *amqp091.Channel, frameMax int, err error)
 	// server names the broker for span attributes.
 	server() (addr string, port int)
 	// close stops channel from opening more channels.
@@ -64,30 +65,30 @@ type borrowed struct {
 	shut bool
 }
 
-func (b *borrowed) channel(ctx context.Context) (*amqp091.Channel, error) {
+func (b *borrowed) channel(ctx context.Context) (*amqp091.Channel, int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.shut {
-		return nil, fmt.Errorf("amqp: consumer stopped: %w", amqp091.ErrClosed)
+		return nil, 0, fmt.Errorf("amqp: consumer stopped: %w", amqp091.ErrClosed)
 	}
 	if b.conn == nil || b.conn.IsClosed() {
 		if b.redial == nil {
-			return nil, errNoRedial
+			return nil, 0, errNoRedial
 		}
 		c, err := b.redial(ctx)
 		if err == nil && c == nil {
 			err = errors.New("redial returned no connection")
 		}
 		if err != nil {
-			return nil, fmt.Errorf("amqp: redial: %w", err)
+			return nil, 0, fmt.Errorf("amqp: redial: %w", err)
 		}
 		b.conn = c
 	}
 	ch, err := b.conn.Channel()
 	if err != nil {
-		return nil, fmt.Errorf("amqp: open channel on %s: %w", b.conn.RemoteAddr(), err)
+		return nil, 0, fmt.Errorf("amqp: open channel on %s: %w", b.conn.RemoteAddr(), err)
 	}
-	return ch, nil
+	return ch, b.conn.Config.FrameSize, nil
 }
 
 func (b *borrowed) server() (string, int) {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/tracebridge/tracebridge"
 	"github.com/tracebridge/tracebridge/carrier"
+	"github.com/tracebridge/tracebridge/internal/amqpframe"
 	"github.com/tracebridge/tracebridge/internal/msgtrace"
 )
 
@@ -75,7 +76,11 @@ type Consumer struct {
 // retry-previous and the dead-letter-* headers; without one it is nacked
 // without requeue, so a dead-letter exchange configured on the queue still
 // catches it. Every republish is confirmed by the broker before the
-// original is acked.
+// original is acked. A dead letter whose headers would not fit in one frame
+// (the connection's frame_max) is trimmed to fit, as the README's RabbitMQ
+// section describes; a retry that would not fit never will, so the message
+// is settled as failed finally instead (dead-lettered, or nacked without
+// requeue).
 func NewConsumer(url, queue string, setup Setup, h Handler, opts ...tracebridge.Option) *Consumer {
 	return &Consumer{t: msgtrace.New("rabbitmq", opts), link: newLink(url), queue: queue, setup: setup, h: h}
 }
@@ -138,7 +143,7 @@ type session struct {
 }
 
 func (c *Consumer) open(ctx context.Context) (*session, error) {
-	ch, err := c.link.channel(ctx)
+	ch, frameMax, err := c.link.channel(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -167,7 +172,7 @@ func (c *Consumer) open(ctx context.Context) (*session, error) {
 			return fail("declare dead-letter queue", err)
 		}
 	}
-	pc, err := newPubChannel(ch, true, c.t.Carrier().Names().Traceparent)
+	pc, err := newPubChannel(ch, true, c.t.Carrier().Names().Traceparent, frameMax)
 	if err != nil {
 		return fail("confirm mode", err)
 	}
@@ -233,12 +238,12 @@ func (s *session) handle(base, stop context.Context, d amqp091.Delivery) {
 			msg := Republishing(&d)
 			c.t.Carrier().InjectRetry(Carrier(msg.Headers), r)
 			if !delayQueue {
-				return s.pub.PublishWithContext(ctx, "", c.t.RetryDestination, true, false, msg)
+				return unfit(s.pub.PublishWithContext(ctx, "", c.t.RetryDestination, true, false, msg), r)
 			}
 			delay := c.t.Backoff.Delay(r.Attempt - 1)
 			msg.Expiration = strconv.FormatInt(delay.Milliseconds(), 10)
 			trace.SpanFromContext(ctx).SetAttributes(delayQueueAttr.Int64(delay.Milliseconds()))
-			return s.pub.PublishWithContext(ctx, "", c.queue+DelayQueueSuffix, true, false, msg)
+			return unfit(s.pub.PublishWithContext(ctx, "", c.queue+DelayQueueSuffix, true, false, msg), r)
 		},
 		GiveUp:          func(context.Context, error) error { return ack.Nack(tag, false, false) },
 		GiveUpOp:        "nack",
@@ -246,14 +251,15 @@ func (s *session) handle(base, stop context.Context, d amqp091.Delivery) {
 	}
 	if c.t.DeadLetter != "" {
 		st.DeadLetter = func(ctx context.Context, last trace.SpanContext, dl carrier.DeadLetter) error {
-			msg := Republishing(&d)
-			h := Carrier(msg.Headers)
-			h.Set(c.t.Carrier().Names().RetryPrevious, carrier.FormatTraceparent(last))
-			c.t.Carrier().InjectDeadLetter(h, dl)
-			return s.pub.PublishWithContext(ctx, "", c.t.DeadLetter, true, false, msg)
+			return s.deadLetter(ctx, &d, last, dl)
 		}
 	}
 	outcome, err := c.t.Deliver(base, stop, md, st)
+	var ur *unfitRetry
+	if outcome == msgtrace.Unsettled && stop.Err() == nil && errors.As(err, &ur) {
+		s.settleUnfit(base, &d, ur)
+		return
+	}
 	if outcome == msgtrace.Unsettled {
 		// The broker still holds it: hand it back now rather than at
 		// channel close, unless the channel is gone anyway.
@@ -262,6 +268,93 @@ func (s *session) handle(base, stop context.Context, d amqp091.Delivery) {
 				"message_id", d.MessageId, "error", errors.Join(err, nerr))
 		}
 	}
+}
+
+// deadLetter publishes d to the dead-letter queue with retry-previous
+// naming last and the dead-letter-* headers of dl, trimmed to fit in one
+// frame when it must be (see fitDeadLetter), and waits for the confirm.
+func (s *session) deadLetter(ctx context.Context, d *amqp091.Delivery, last trace.SpanContext, dl carrier.DeadLetter) error {
+	t := s.c.t
+	msg := Republishing(d)
+	h := Carrier(msg.Headers)
+	h.Set(t.Carrier().Names().RetryPrevious, carrier.FormatTraceparent(last))
+	t.Carrier().InjectDeadLetter(h, dl)
+	if err := s.fitDeadLetter(ctx, &msg); err != nil {
+		return err
+	}
+	return s.pub.PublishWithContext(ctx, "", t.DeadLetter, true, false, msg)
+}
+
+// unfitRetry is the error of a retry republish that does not fit in one
+// frame: it never will, so requeueing the message would run its handler
+// again and again, each time failing the same way. It carries the retry,
+// for settleUnfit.
+type unfitRetry struct {
+	err   error
+	retry carrier.Retry
+}
+
+func (e *unfitRetry) Error() string { return e.err.Error() }
+func (e *unfitRetry) Unwrap() error { return e.err }
+
+// unfit wraps a retry republish's error in an unfitRetry when it is
+// ErrFrameTooLarge.
+func unfit(err error, r carrier.Retry) error {
+	if errors.Is(err, ErrFrameTooLarge) {
+		return &unfitRetry{err: err, retry: r}
+	}
+	return err
+}
+
+// settleUnfit settles a message whose retry cannot fit in one frame as its
+// last attempt would have been settled: dead-lettered (trimmed to fit, the
+// frame error as its reason) and then acked, or, without a dead-letter
+// queue, nacked without requeue, so that a dead-letter exchange on the
+// queue still catches it. A dead letter that fails leaves it requeued.
+func (s *session) settleUnfit(ctx context.Context, d *amqp091.Delivery, ur *unfitRetry) {
+	c := s.c
+	c.t.Logger.WarnContext(ctx, "tracebridge: a retry does not fit in one frame; the message is settled as failed finally",
+		"queue", c.queue, "message_id", d.MessageId, "dead_letter", c.t.DeadLetter, "error", ur.err)
+	if c.t.DeadLetter == "" {
+		_ = d.Acknowledger.Nack(d.DeliveryTag, false, false)
+		return
+	}
+	dl := carrier.DeadLetter{Reason: ur.err.Error(), Attempts: ur.retry.Attempt - 1, Source: c.queue}
+	if err := s.deadLetter(ctx, d, ur.retry.Previous, dl); err != nil {
+		c.t.Logger.WarnContext(ctx, "tracebridge: dead letter failed; message requeued", "queue", c.queue,
+			"message_id", d.MessageId, "error", err)
+		_ = d.Acknowledger.Nack(d.DeliveryTag, false, true)
+		return
+	}
+	_ = d.Acknowledger.Ack(d.DeliveryTag, false)
+}
+
+// fitDeadLetter trims a dead letter whose headers (the delivery's plus
+// retry-previous and dead-letter-*) do not fit in one frame, as
+// amqpframe.FitDeadLetter does, and records what went on the process span
+// and in the log: a dead letter with fewer headers beats a message that
+// can never leave the queue. A message without a valid traceparent gets
+// one from the publish, so room is kept for it. An error means the
+// message cannot fit at all; it is then left unacked, not lost.
+func (s *session) fitDeadLetter(ctx context.Context, msg *amqp091.Publishing) error {
+	t := s.c.t
+	reserve := 0
+	if _, forwarding := t.HasTraceparent(Carrier(msg.Headers)); !forwarding {
+		// A version-00 traceparent is 55 bytes.
+		reserve = amqpframe.EntrySize(t.Carrier().Names().Traceparent, "") + 55
+	}
+	dropped, err := amqpframe.FitDeadLetter(msg, s.pub.fixed.frameMax, reserve, t.Carrier().Names())
+	if err != nil {
+		return fmt.Errorf("amqp: dead letter to %q: %w", t.DeadLetter, err)
+	}
+	if len(dropped) > 0 {
+		trace.SpanFromContext(ctx).AddEvent("tracebridge.headers_dropped", trace.WithAttributes(
+			droppedHeadersAttr.StringSlice(dropped), frameMaxAttr.Int(s.pub.fixed.frameMax)))
+		t.Logger.WarnContext(ctx, "tracebridge: dead letter trimmed to fit the message in one frame",
+			"queue", s.c.queue, "dead_letter", t.DeadLetter, "message_id", msg.MessageId,
+			"dropped", dropped, "frame_max", s.pub.fixed.frameMax)
+	}
+	return nil
 }
 
 // Republishing copies a delivery into a persistent Publishing with its

@@ -42,7 +42,11 @@
 // tracebridge.WithDeadLetter queue with its original headers plus
 // retry-previous and dead-letter-*. The original is acked only after the
 // broker confirmed that publish; if it cannot be published the message is
-// requeued, never lost.
+// requeued, never lost. A message's properties and headers must fit in one
+// frame (frame_max): a dead letter that would not is trimmed (the removed
+// header keys listed in dead-letter-dropped-headers), and a retry that
+// would not is settled as a final failure at once, since it never will
+// (see ErrFrameTooLarge and the README).
 //
 // # Reconnects
 //

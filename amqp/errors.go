@@ -5,6 +5,8 @@ import (
 	"fmt"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/tracebridge/tracebridge/internal/amqpframe"
 )
 
 // ErrDisconnected is returned (wrapped) by a publish while the publisher
@@ -21,6 +23,14 @@ var ErrNacked = errors.New("amqp: broker nacked the message")
 // ErrConfirmLost is returned (wrapped) when the channel closed before the
 // broker confirmed a message: it may or may not have been stored.
 var ErrConfirmLost = errors.New("amqp: channel closed before the broker confirmed the message")
+
+// ErrFrameTooLarge is returned (wrapped, with the sizes) by a publish
+// whose properties and header table do not fit in one frame of the
+// connection (its negotiated frame_max, 131,072 bytes by default on
+// RabbitMQ). AMQP cannot split a message's header over frames; sent anyway,
+// the broker would close the whole connection. Nothing was sent, and the
+// connection stays open.
+var ErrFrameTooLarge = amqpframe.ErrTooLarge
 
 // ReturnedError is returned when the broker returned a mandatory message
 // because no queue was bound to take it.

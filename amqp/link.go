@@ -52,28 +52,29 @@ func (l *link) redacted() string {
 	return net.JoinHostPort(l.addr, strconv.Itoa(l.port))
 }
 
-// channel opens a channel, dialing first when there is no open connection.
-// A dial, the TCP connect and the AMQP handshake alike, is abandoned when
-// ctx ends, so a Close or a stopped Run never waits out the handshake
-// timeout of a broker that accepts connections and says nothing.
-func (l *link) channel(ctx context.Context) (*amqp091.Channel, error) {
+// channel opens a channel, dialing first when there is no open connection,
+// and reports the connection's negotiated frame_max. A dial, the TCP
+// connect and the AMQP handshake alike, is abandoned when ctx ends, so a
+// Close or a stopped Run never waits out the handshake timeout of a broker
+// that accepts connections and says nothing.
+func (l *link) channel(ctx context.Context) (*amqp091.Channel, int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.shut {
-		return nil, fmt.Errorf("amqp: connection to %s: %w", l.redacted(), amqp091.ErrClosed)
+		return nil, 0, fmt.Errorf("amqp: connection to %s: %w", l.redacted(), amqp091.ErrClosed)
 	}
 	if l.conn == nil || l.conn.IsClosed() {
 		c, err := dial(ctx, l.url)
 		if err != nil {
-			return nil, fmt.Errorf("amqp: dial %s: %w", l.redacted(), err)
+			return nil, 0, fmt.Errorf("amqp: dial %s: %w", l.redacted(), err)
 		}
 		l.conn = c
 	}
 	ch, err := l.conn.Channel()
 	if err != nil {
-		return nil, fmt.Errorf("amqp: open channel on %s: %w", l.redacted(), err)
+		return nil, 0, fmt.Errorf("amqp: open channel on %s: %w", l.redacted(), err)
 	}
-	return ch, nil
+	return ch, l.conn.Config.FrameSize, nil
 }
 
 // server names the broker for span attributes.

@@ -1,17 +1,23 @@
 package amqp
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
 	"go.opentelemetry.io/otel/attribute"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tracebridge/tracebridge"
+	"github.com/tracebridge/tracebridge/internal/amqpframe"
 	"github.com/tracebridge/tracebridge/internal/msgtrace"
 )
 
@@ -23,6 +29,19 @@ import (
 // broker's ack or nack, and a nack, a returned mandatory message or a
 // channel that closes before the answer is an error on the span and to the
 // caller. A Publisher is safe for concurrent use.
+//
+// A message's properties and header table travel in one frame, which the
+// connection's negotiated frame_max bounds (131,072 bytes by default on
+// RabbitMQ); amqp091 would send a larger one anyway, and the broker then
+// closes the whole connection, losing the message without an error when
+// there are no confirms. The Publisher measures every message before it
+// sends it, exactly and without encoding it. When the headers it added
+// (baggage, tracestate, session-id: never the traceparent) are what does
+// not fit, it drops them, largest first, and sends the message: the send
+// span gets a tracebridge.headers_dropped event naming them, and the first
+// drop is logged. When the caller's own properties and headers do not
+// fit, the publish fails with an error wrapping ErrFrameTooLarge that names
+// the size and the limit, nothing is sent, and the connection stays open.
 type Publisher struct {
 	t    *msgtrace.Tracer
 	addr string
@@ -38,6 +57,8 @@ type Publisher struct {
 	link   *link
 	cancel context.CancelFunc
 	done   chan struct{}
+
+	dropLogged atomic.Bool // fit has logged a drop
 }
 
 // NewPublisher wraps ch, a channel you already have. It reads
@@ -54,7 +75,7 @@ type Publisher struct {
 // Publisher, or give the Publisher a channel of its own.
 func NewPublisher(ch *amqp091.Channel, opts ...tracebridge.Option) (*Publisher, error) {
 	p := &Publisher{t: msgtrace.New("rabbitmq", opts)}
-	pc, err := newPubChannel(ch, p.t.Confirms, p.t.Carrier().Names().Traceparent)
+	pc, err := newPubChannel(ch, p.t.Confirms, p.t.Carrier().Names().Traceparent, channelFrameMax(ch))
 	if err != nil {
 		return nil, err
 	}
@@ -71,11 +92,11 @@ func NewPublisher(ch *amqp091.Channel, opts ...tracebridge.Option) (*Publisher, 
 func DialPublisher(url string, opts ...tracebridge.Option) (*Publisher, error) {
 	p := &Publisher{t: msgtrace.New("rabbitmq", opts), link: newLink(url), ready: make(chan struct{})}
 	p.addr, p.port = p.link.addr, p.link.port
-	ch, err := p.link.channel(context.Background())
+	ch, frameMax, err := p.link.channel(context.Background())
 	if err != nil {
 		return nil, err
 	}
-	pc, err := newPubChannel(ch, p.t.Confirms, p.t.Carrier().Names().Traceparent)
+	pc, err := newPubChannel(ch, p.t.Confirms, p.t.Carrier().Names().Traceparent, frameMax)
 	if err != nil {
 		p.link.close()
 		return nil, err
@@ -105,11 +126,11 @@ func (p *Publisher) reconnect(ctx context.Context) {
 		p.mu.Unlock()
 		var next *pubChannel
 		err := msgtrace.Redial(ctx, reconnectBackoff, reconnectMin, func(ctx context.Context) error {
-			ch, err := p.link.channel(ctx)
+			ch, frameMax, err := p.link.channel(ctx)
 			if err != nil {
 				return err
 			}
-			next, err = newPubChannel(ch, p.t.Confirms, p.t.Carrier().Names().Traceparent)
+			next, err = newPubChannel(ch, p.t.Confirms, p.t.Carrier().Names().Traceparent, frameMax)
 			return err
 		}, func(n int, err error) {
 			if n == 1 || n%10 == 0 {
@@ -217,6 +238,7 @@ type Confirmation struct {
 // not wait for the broker: Wait on the Confirmation ends the span with the
 // broker's answer. Without WithConfirms the Confirmation is already done.
 func (p *Publisher) PublishWithDeferredConfirm(ctx context.Context, exchange, key string, mandatory, immediate bool, msg amqp091.Publishing) (*Confirmation, error) {
+	user := msg.Headers
 	h := make(amqp091.Table, len(msg.Headers)+4)
 	for k, v := range msg.Headers {
 		h[k] = v
@@ -237,6 +259,11 @@ func (p *Publisher) PublishWithDeferredConfirm(ctx context.Context, exchange, ke
 		return nil, err
 	}
 	c.pc = pc
+	if err := p.fit(c, &msg, user, pc.frameMax); err != nil {
+		err = fmt.Errorf("amqp: publish to %s: %w", c.where(), err)
+		c.finish(err)
+		return nil, err
+	}
 	if !pc.confirms {
 		err := pc.ch.PublishWithContext(ctx, exchange, key, mandatory, immediate, msg)
 		if c.finish(p.publishErr(pc, c, err)); c.err != nil {
@@ -257,6 +284,71 @@ func (p *Publisher) PublishWithDeferredConfirm(ctx context.Context, exchange, ke
 		return nil, c.err
 	}
 	return c, nil
+}
+
+// fit makes msg's content header fit in one frame of frameMax bytes, the
+// connection's frame_max: amqp091 would send a larger one, and the broker
+// close the connection over it. When what the Publisher added to the
+// caller's headers is what does not fit, that goes, largest first (with
+// the default propagator: baggage, tracestate, session-id), but never the
+// traceparent: tracing must not cost the caller the message. The send span
+// records what went, in a tracebridge.headers_dropped event, and the first
+// time a Publisher drops anything it logs a warning. When the caller's own
+// properties and headers do not fit, nothing is sent and the error wraps
+// ErrFrameTooLarge.
+func (p *Publisher) fit(c *Confirmation, msg *amqp091.Publishing, user amqp091.Table, frameMax int) error {
+	if frameMax <= 0 || amqpframe.Size(msg) <= frameMax {
+		return nil // the common case: one walk over the table, no allocation
+	}
+	tp := p.t.Carrier().Names().Traceparent
+	var added []string
+	for k := range msg.Headers {
+		if _, ok := user[k]; !ok && k != tp {
+			added = append(added, k)
+		}
+	}
+	slices.SortFunc(added, func(a, b string) int {
+		return cmp.Or(cmp.Compare(amqpframe.EntrySize(b, msg.Headers[b]), amqpframe.EntrySize(a, msg.Headers[a])), cmp.Compare(a, b))
+	})
+	dropped, err := amqpframe.Drop(msg, frameMax, added)
+	if err != nil {
+		return err
+	}
+	c.op.Span.AddEvent("tracebridge.headers_dropped", trace.WithAttributes(
+		droppedHeadersAttr.StringSlice(dropped), frameMaxAttr.Int(frameMax)))
+	if !p.dropLogged.Swap(true) {
+		p.t.Logger.Warn("tracebridge: RabbitMQ publisher dropped tracing headers to fit the message in one frame (logged once per publisher)",
+			"dropped", dropped, "frame_max", frameMax, "exchange", c.exchange, "routing_key", c.routingKey)
+	}
+	return nil
+}
+
+// Attributes of the tracebridge.headers_dropped event.
+const (
+	droppedHeadersAttr = attribute.Key("tracebridge.dropped_headers")
+	frameMaxAttr       = attribute.Key("tracebridge.frame_max")
+)
+
+// defaultFrameMax is RabbitMQ's default frame_max, which channelFrameMax
+// assumes when it cannot read the connection's.
+const defaultFrameMax = 131072
+
+// channelFrameMax returns the frame_max ch's connection negotiated.
+// amqp091 keeps it in the exported Connection.Config.FrameSize, but a
+// Channel has no exported way to its Connection, so it is read through
+// reflection: read-only, no unsafe, and only once per channel. An amqp091
+// whose Channel no longer has that field gets RabbitMQ's default, and
+// TestNewPublisherFrameMaxIsTheConnections fails, so an upgrade that moved
+// it cannot go unnoticed.
+func channelFrameMax(ch *amqp091.Channel) int {
+	if ch == nil {
+		return defaultFrameMax
+	}
+	conn := reflect.ValueOf(ch).Elem().FieldByName("connection")
+	if !conn.IsValid() || conn.Type() != reflect.TypeFor[*amqp091.Connection]() || conn.IsNil() {
+		return defaultFrameMax
+	}
+	return int(conn.Elem().FieldByName("Config").FieldByName("FrameSize").Int())
 }
 
 func (p *Publisher) publishErr(pc *pubChannel, c *Confirmation, err error) error {
@@ -354,6 +446,7 @@ func newReturnKey(exchange, key string, msg *amqp091.Publishing, tp string) retu
 type pubChannel struct {
 	ch       *amqp091.Channel
 	confirms bool
+	frameMax int // the connection's negotiated frame_max; 0 for none
 
 	mu       sync.Mutex
 	pending  map[returnKey]int
@@ -363,14 +456,14 @@ type pubChannel struct {
 	traceKey string
 }
 
-func newPubChannel(ch *amqp091.Channel, confirms bool, traceKey string) (*pubChannel, error) {
+func newPubChannel(ch *amqp091.Channel, confirms bool, traceKey string, frameMax int) (*pubChannel, error) {
 	if confirms {
 		if err := ch.Confirm(false); err != nil {
 			_ = ch.Close()
 			return nil, fmt.Errorf("amqp: enable publisher confirms: %w", err)
 		}
 	}
-	pc := &pubChannel{ch: ch, confirms: confirms, pending: map[returnKey]int{},
+	pc := &pubChannel{ch: ch, confirms: confirms, frameMax: frameMax, pending: map[returnKey]int{},
 		returns: map[returnKey][]amqp091.Return{}, syncReq: make(chan chan struct{}), closed: make(chan struct{}),
 		traceKey: traceKey}
 	// Unbuffered on purpose: the client's reader hands a return over before

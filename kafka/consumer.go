@@ -15,6 +15,7 @@ import (
 
 	"github.com/tracebridge/tracebridge"
 	"github.com/tracebridge/tracebridge/carrier"
+	"github.com/tracebridge/tracebridge/internal/kafkaconn"
 	"github.com/tracebridge/tracebridge/internal/msgtrace"
 )
 
@@ -62,7 +63,10 @@ type Consumer struct {
 // tracebridge option that applies to consumers: WithTracerProvider,
 // WithMeterProvider, WithPropagators, WithTrust, WithParentPolicy, WithRetry,
 // WithRetryDestination, WithDeadLetter, WithConcurrency,
-// WithErrorOnEveryAttempt, WithSettleSpans and WithLogger.
+// WithErrorOnEveryAttempt, WithSettleSpans and WithLogger. With a retry or
+// dead-letter destination it builds a writer that connects as r does (the
+// TLS, SASL, client ID and dial settings of r's Dialer); SetPublisher
+// replaces it.
 func NewConsumer(r *kafkago.Reader, h Handler, opts ...tracebridge.Option) *Consumer {
 	c := newConsumer(r, opts)
 	c.h = h
@@ -90,7 +94,9 @@ func newConsumer(r *kafkago.Reader, opts []tracebridge.Option) *Consumer {
 	if t.RetryDestination != "" || t.DeadLetter != "" {
 		// A transport of its own: on kafka-go's process-wide default one,
 		// the writer's connections and their goroutines would outlive Run.
-		c.own = &kafkago.Transport{}
+		// It connects as the reader does (TLS, SASL, client ID, dial
+		// function), or it could not write to a cluster the reader reads.
+		c.own = kafkaconn.Transport(r.Config().Dialer)
 		c.pub = &kafkago.Writer{
 			Addr:                   kafkago.TCP(r.Config().Brokers...),
 			Transport:              c.own,
@@ -105,8 +111,10 @@ func newConsumer(r *kafkago.Reader, opts []tracebridge.Option) *Consumer {
 }
 
 // SetPublisher sets the writer that republishes retries and writes dead
-// letters, instead of the one NewConsumer builds from the reader's brokers.
-// Call it before Run. The Consumer does not close a writer set here.
+// letters, instead of the one NewConsumer builds from the reader's brokers
+// and its Dialer's TLS, SASL, client ID and dial settings. Set one to write
+// to another cluster, or with other credentials or writer settings. Call
+// it before Run. The Consumer does not close a writer set here.
 func (c *Consumer) SetPublisher(w *kafkago.Writer) {
 	c.pub, c.own = w, nil
 }

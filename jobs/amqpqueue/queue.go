@@ -13,6 +13,7 @@ import (
 
 	tbamqp "github.com/tracebridge/tracebridge/amqp"
 	"github.com/tracebridge/tracebridge/carrier"
+	"github.com/tracebridge/tracebridge/internal/amqpframe"
 	"github.com/tracebridge/tracebridge/internal/msgtrace"
 	"github.com/tracebridge/tracebridge/jobs"
 )
@@ -30,7 +31,10 @@ type Config struct {
 	// not a job (garbage, or a job another version cannot decode) is
 	// published to, with its headers and the dead-letter-* headers, before
 	// it is acked; when that publish is not confirmed the message goes back
-	// to the work queue. Empty rejects such a message after logging it
+	// to the work queue. A dead letter whose headers would not fit in one
+	// frame (frame_max) is trimmed as the amqp Consumer trims its dead
+	// letters (see the README's RabbitMQ section): the removed keys are
+	// listed in its dead-letter-dropped-headers header. Empty rejects such a message after logging it
 	// (through the runner), so it is lost unless the queue has a
 	// dead-letter exchange of its own.
 	DeadLetter string
@@ -232,7 +236,10 @@ func (q *Queue) Name() string { return q.queue }
 func (q *Queue) Remote() bool { return true }
 
 // Push publishes e persistently and returns once the broker confirmed it.
-// block is ignored: the queue has no bound of the runner's.
+// block is ignored: the queue has no bound of the runner's. A job whose
+// headers (its ID, kind and journey) would not fit in one frame of the
+// connection fails with an error wrapping amqp.ErrFrameTooLarge, before
+// anything is sent.
 func (q *Queue) Push(ctx context.Context, e *jobs.Envelope, _ bool) error {
 	if q.closed.Load() {
 		return fmt.Errorf("amqpqueue: push job %s: %w", e.ID, jobs.ErrClosed)
@@ -251,15 +258,19 @@ func (q *Queue) publish(ctx context.Context, e *jobs.Envelope) error {
 		key = q.delayQ
 		msg.Expiration = strconv.FormatInt(max(wait.Milliseconds(), 1), 10)
 	}
-	if err := q.confirmed(ctx, key, msg); err != nil {
+	if err := q.confirmed(ctx, key, msg, amqpframe.Check); err != nil {
 		return fmt.Errorf("amqpqueue: publish job %s attempt %d to %q: %w", e.ID, e.Attempt, key, err)
 	}
 	return nil
 }
 
 // confirmed publishes msg to queue key and waits for the broker's confirm,
-// waiting up to ReconnectWait for a lost connection to come back.
-func (q *Queue) confirmed(ctx context.Context, key string, msg amqp091.Publishing) error {
+// waiting up to ReconnectWait for a lost connection to come back. fit
+// gets msg and the connection's frame_max before each publish, to refuse
+// (amqpframe.Check) or trim (a dead letter) a message whose properties
+// would not fit in one frame: sent, it would make the broker close the
+// connection, and with it every job this process holds.
+func (q *Queue) confirmed(ctx context.Context, key string, msg amqp091.Publishing, fit func(*amqp091.Publishing, int) error) error {
 	wctx, cancel := context.WithTimeout(ctx, q.reconnectWait)
 	defer cancel()
 	var dc *amqp091.DeferredConfirmation
@@ -267,6 +278,9 @@ func (q *Queue) confirmed(ctx context.Context, key string, msg amqp091.Publishin
 	for {
 		var err error
 		if s, err = q.session(wctx); err != nil {
+			return err
+		}
+		if err := fit(&msg, s.conn.Config.FrameSize); err != nil {
 			return err
 		}
 		dc, err = s.pub.PublishWithDeferredConfirmWithContext(ctx, "", key, false, false, msg)
@@ -366,7 +380,12 @@ func (q *Queue) undecodable(ctx context.Context, d amqp091.Delivery, derr error)
 	}
 	msg := tbamqp.Republishing(&d)
 	q.headers.InjectDeadLetter(tbamqp.Carrier(msg.Headers), carrier.DeadLetter{Reason: derr.Error(), Source: q.queue})
-	if perr := q.confirmed(ctx, q.deadQ, msg); perr != nil {
+	var dropped []string
+	trim := func(msg *amqp091.Publishing, frameMax int) (err error) {
+		dropped, err = amqpframe.FitDeadLetter(msg, frameMax, 0, q.headers.Names())
+		return err
+	}
+	if perr := q.confirmed(ctx, q.deadQ, msg, trim); perr != nil {
 		// Requeued after a pause, so a dead-letter queue that refuses
 		// publishes does not turn into a redelivery loop.
 		msgtrace.Sleep(ctx, time.Second)
@@ -374,6 +393,9 @@ func (q *Queue) undecodable(ctx context.Context, d amqp091.Delivery, derr error)
 		return fmt.Errorf("%w; dead letter to %q failed, requeued: %w", err, q.deadQ, perr)
 	}
 	_ = d.Ack(false)
+	if len(dropped) > 0 {
+		return fmt.Errorf("%w; moved to %q without headers %q, to fit the message in one frame", err, q.deadQ, dropped)
+	}
 	return fmt.Errorf("%w; moved to %q", err, q.deadQ)
 }
 
@@ -401,7 +423,10 @@ func (q *Queue) Ack(_ context.Context, e *jobs.Envelope) error {
 // repeats an attempt instead of losing the job. When prev's connection is
 // gone, or next cannot be published, prev is handed back to the broker
 // instead and runs again with the same attempt number: the job is never
-// reported dead while RabbitMQ still holds it, nor copied.
+// reported dead while RabbitMQ still holds it, nor copied. The exception
+// is a next whose headers do not fit in one frame (it never will): the
+// error, wrapping amqp.ErrFrameTooLarge, makes the runner report the job
+// dead and ack prev.
 func (q *Queue) Retry(ctx context.Context, prev, next *jobs.Envelope) error {
 	d, err := delivery(prev)
 	if err != nil {
@@ -411,6 +436,12 @@ func (q *Queue) Retry(ctx context.Context, prev, next *jobs.Envelope) error {
 		return nil // the broker requeued prev when its channel closed
 	}
 	if err := q.publish(ctx, next); err != nil {
+		if errors.Is(err, tbamqp.ErrFrameTooLarge) {
+			// next will never fit in one frame: handing prev back would
+			// run this attempt again for ever. The runner gives the job
+			// up as dead and acks prev.
+			return fmt.Errorf("amqpqueue: retry: %w", err)
+		}
 		_ = d.Nack(false, true) // or requeued by the broker if the channel is gone
 		return nil
 	}

@@ -12,6 +12,7 @@ import (
 	kafkago "github.com/segmentio/kafka-go"
 
 	"github.com/tracebridge/tracebridge/carrier"
+	"github.com/tracebridge/tracebridge/internal/kafkaconn"
 	"github.com/tracebridge/tracebridge/internal/msgtrace"
 	"github.com/tracebridge/tracebridge/jobs"
 	tbkafka "github.com/tracebridge/tracebridge/kafka"
@@ -38,6 +39,12 @@ type Config struct {
 	// Empty commits past such a message after logging it (through the
 	// runner), so it is lost.
 	DeadLetter string
+	// Dialer is how every connection of the queue reaches the cluster:
+	// TLS, SASL, client ID, dial function and resolver, as in
+	// kafkago.ReaderConfig.Dialer. The group reader uses it as it is, and
+	// the writers a Transport with the same settings. Nil means kafka-go's
+	// default dialer: plaintext, no authentication.
+	Dialer *kafkago.Dialer
 }
 
 // Queue is a jobs.Queue on a Kafka topic read by a consumer group. It is
@@ -46,7 +53,8 @@ type Config struct {
 type Queue struct {
 	cfg Config
 	// transport is the writers' own, not kafka-go's shared default, so
-	// that Close can close the connections they leave idle.
+	// that Close can close the connections they leave idle; it connects
+	// as cfg.Dialer does.
 	transport *kafkago.Transport
 	w         *kafkago.Writer
 	dead      *kafkago.Writer     // to cfg.DeadLetter; nil without one
@@ -78,7 +86,7 @@ func New(cfg Config) (*Queue, error) {
 	if cfg.Group == "" {
 		cfg.Group = "tracebridge-jobs"
 	}
-	q := &Queue{cfg: cfg, transport: &kafkago.Transport{}, headers: carrier.NewPropagator(), parts: make(map[int]*partition)}
+	q := &Queue{cfg: cfg, transport: kafkaconn.Transport(cfg.Dialer), headers: carrier.NewPropagator(), parts: make(map[int]*partition)}
 	q.w = q.writer(cfg.Topic)
 	if cfg.DeadLetter != "" {
 		q.dead = q.writer(cfg.DeadLetter)
@@ -125,7 +133,7 @@ func (q *Queue) reader() *kafkago.Reader {
 	q.startOnce.Do(func() {
 		q.r = kafkago.NewReader(kafkago.ReaderConfig{Brokers: q.cfg.Brokers, Topic: q.cfg.Topic,
 			GroupID: q.cfg.Group, StartOffset: kafkago.FirstOffset, SessionTimeout: q.cfg.SessionTimeout,
-			MaxWait: 500 * time.Millisecond})
+			MaxWait: 500 * time.Millisecond, Dialer: q.cfg.Dialer})
 	})
 	return q.r
 }

@@ -213,3 +213,36 @@ func TestPushOverlongShortStringRefused(t *testing.T) {
 			len(popped.ID), len(d.MessageId), key[:8]+"…", popped.Headers[key])
 	}
 }
+
+// TestNewRefusesOverlongQueueNames configures queue names AMQP cannot
+// carry. amqp091 would declare (and publish to) their first bytes modulo
+// 256, other queues, without an error; New must refuse them, naming which.
+func TestNewRefusesOverlongQueueNames(t *testing.T) {
+	url := testenv.AMQP(t)
+	base := fmt.Sprintf("tbjobs-shortstr-%d-", time.Now().UnixNano())
+	for _, tc := range []struct {
+		name string
+		cfg  amqpqueue.Config
+		want string
+	}{
+		{"queue", amqpqueue.Config{Queue: base + strings.Repeat("q", 300-len(base))}, "queue is 300 bytes"},
+		{"delay queue", amqpqueue.Config{Queue: base + strings.Repeat("q", 250-len(base))}, "delay queue is 256 bytes"},
+		{"dead-letter queue", amqpqueue.Config{Queue: base + "ok", DeadLetter: base + strings.Repeat("d", 300-len(base))},
+			"dead-letter queue is 300 bytes"},
+	} {
+		q, err := amqpqueue.New(url, tc.cfg)
+		if err == nil {
+			_ = q.Close()
+			// What amqp091 declared: the names cut to their length mod 256.
+			ch := channel(t)
+			for _, n := range []string{tc.cfg.Queue, tc.cfg.Queue + tbamqp.DelayQueueSuffix, tc.cfg.DeadLetter} {
+				if n := n[:uint8(len(n))]; n != "" {
+					_, _ = ch.QueueDelete(n, false, false, false)
+				}
+			}
+		}
+		if !errors.Is(err, tbamqp.ErrShortStringTooLong) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("New with a long %s name: %v, want ErrShortStringTooLong saying %s", tc.name, err, tc.want)
+		}
+	}
+}

@@ -101,6 +101,9 @@ func NewConsumer(url, queue string, setup Setup, h Handler, opts ...tracebridge.
 // likely a mistake than an outage.
 func (c *Consumer) Run(ctx context.Context) error {
 	defer c.link.close()
+	if err := c.checkNames(); err != nil {
+		return err
+	}
 	first := true
 	for {
 		var sess *session
@@ -131,6 +134,23 @@ func (c *Consumer) Run(ctx context.Context) error {
 			return nil
 		}
 	}
+}
+
+// checkNames refuses a queue, delay queue, dead-letter queue or header
+// name that AMQP cannot carry (over 255 bytes), which amqp091 would
+// truncate into another name without an error: every retry or dead letter
+// would fail, or go elsewhere.
+func (c *Consumer) checkNames() error {
+	for _, q := range [...]struct{ what, name string }{{"queue", c.queue},
+		{"delay queue", c.queue + DelayQueueSuffix}, {"dead-letter queue", c.t.DeadLetter}} {
+		if err := amqpframe.ShortString(q.what, q.name); err != nil {
+			return fmt.Errorf("amqp: consume %q: %w", c.queue, err)
+		}
+	}
+	if err := amqpframe.CheckNames(c.t.Carrier().Names()); err != nil {
+		return fmt.Errorf("amqp: consume %q: %w", c.queue, err)
+	}
+	return nil
 }
 
 // session is one channel's worth of consuming.
@@ -298,9 +318,9 @@ func (e *unfitRetry) Error() string { return e.err.Error() }
 func (e *unfitRetry) Unwrap() error { return e.err }
 
 // unfit wraps a retry republish's error in an unfitRetry when it is
-// ErrFrameTooLarge.
+// ErrFrameTooLarge or ErrShortStringTooLong.
 func unfit(err error, r carrier.Retry) error {
-	if errors.Is(err, ErrFrameTooLarge) {
+	if errors.Is(err, ErrFrameTooLarge) || errors.Is(err, ErrShortStringTooLong) {
 		return &unfitRetry{err: err, retry: r}
 	}
 	return err

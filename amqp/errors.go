@@ -32,6 +32,18 @@ var ErrConfirmLost = errors.New("amqp: channel closed before the broker confirme
 // connection stays open.
 var ErrFrameTooLarge = amqpframe.ErrTooLarge
 
+// ErrShortStringTooLong is returned (wrapped, naming the field and its
+// length) by a publish, retry or dead letter with an AMQP short string
+// longer than 255 bytes: a property (MessageId, CorrelationId, ReplyTo,
+// Type, AppId, UserId, ContentType, ContentEncoding, Expiration), a header
+// key at any depth, the exchange or the routing key. AMQP writes their
+// length in one octet; amqp091 does not refuse a longer one but sends its
+// length modulo 256 bytes of it, so it would arrive corrupted. Nothing was
+// sent, and the connection stays open. Publishers and consumers also
+// refuse to start with a header name (carrier.Names) or queue name that
+// long.
+var ErrShortStringTooLong = amqpframe.ErrShortStringTooLong
+
 // ReturnedError is returned when the broker returned a mandatory message
 // because no queue was bound to take it.
 type ReturnedError struct {

@@ -22,6 +22,17 @@ import (
 
 const validTP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
+// frameSize is amqpframe.Size of a message that has no over-long short
+// string.
+func frameSize(t testing.TB, msg *amqp091.Publishing) int {
+	t.Helper()
+	n, err := amqpframe.Size(msg)
+	if err != nil {
+		t.Fatalf("Size: %v", err)
+	}
+	return n
+}
+
 // padTo returns msg with a header "big" sized so that msg's content-header
 // frame is exactly size bytes.
 func padTo(t testing.TB, msg amqp091.Publishing, size int) amqp091.Publishing {
@@ -31,12 +42,12 @@ func padTo(t testing.TB, msg amqp091.Publishing, size int) amqp091.Publishing {
 		h[k] = v
 	}
 	msg.Headers = h
-	pad := size - amqpframe.Size(&msg)
+	pad := size - frameSize(t, &msg)
 	if pad < 0 {
-		t.Fatalf("cannot pad to %d bytes: already %d", size, amqpframe.Size(&msg))
+		t.Fatalf("cannot pad to %d bytes: already %d", size, frameSize(t, &msg))
 	}
 	h["big"] = strings.Repeat("x", pad)
-	if got := amqpframe.Size(&msg); got != size {
+	if got := frameSize(t, &msg); got != size {
 		t.Fatalf("padded to %d bytes, want %d", got, size)
 	}
 	return msg
@@ -64,7 +75,7 @@ func TestPublishOverFrameMaxIsRefusedBeforeSending(t *testing.T) {
 	q := uniqueQueue(t, url, "frame")
 	declare(t, ch, q, nil)
 	big := amqp091.Table{"big": strings.Repeat("x", 133120-4-(1+3)-5)} // a 133,120-byte table
-	if n := amqpframe.Size(&amqp091.Publishing{Headers: big}) - 8 - 14; n != 133120 {
+	if n := frameSize(t, &amqp091.Publishing{Headers: big}) - 8 - 14; n != 133120 {
 		t.Fatalf("table of %d bytes", n)
 	}
 

@@ -75,6 +75,9 @@ type Publisher struct {
 // Publisher, or give the Publisher a channel of its own.
 func NewPublisher(ch *amqp091.Channel, opts ...tracebridge.Option) (*Publisher, error) {
 	p := &Publisher{t: msgtrace.New("rabbitmq", opts)}
+	if err := amqpframe.CheckNames(p.t.Carrier().Names()); err != nil {
+		return nil, fmt.Errorf("amqp: new publisher: %w", err)
+	}
 	pc, err := newPubChannel(ch, p.t.Confirms, p.t.Carrier().Names().Traceparent, channelFrameMax(ch))
 	if err != nil {
 		return nil, err
@@ -92,6 +95,9 @@ func NewPublisher(ch *amqp091.Channel, opts ...tracebridge.Option) (*Publisher, 
 func DialPublisher(url string, opts ...tracebridge.Option) (*Publisher, error) {
 	p := &Publisher{t: msgtrace.New("rabbitmq", opts), link: newLink(url), ready: make(chan struct{})}
 	p.addr, p.port = p.link.addr, p.link.port
+	if err := amqpframe.CheckNames(p.t.Carrier().Names()); err != nil {
+		return nil, fmt.Errorf("amqp: dial publisher: %w", err)
+	}
 	ch, frameMax, err := p.link.channel(context.Background())
 	if err != nil {
 		return nil, err
@@ -296,9 +302,21 @@ func (p *Publisher) PublishWithDeferredConfirm(ctx context.Context, exchange, ke
 // time a Publisher drops anything it logs a warning. When the caller's own
 // properties and headers do not fit, nothing is sent and the error wraps
 // ErrFrameTooLarge.
+//
+// fit also refuses, wrapping ErrShortStringTooLong, a message amqp091 would
+// corrupt: an exchange, routing key, property or header key (at any depth)
+// over 255 bytes, which amqp091 truncates to its length modulo 256 without
+// an error. The same walk over the table finds them.
 func (p *Publisher) fit(c *Confirmation, msg *amqp091.Publishing, user amqp091.Table, frameMax int) error {
-	if frameMax <= 0 || amqpframe.Size(msg) <= frameMax {
-		return nil // the common case: one walk over the table, no allocation
+	if err := amqpframe.ShortString("exchange", c.exchange); err != nil {
+		return err
+	}
+	if err := amqpframe.ShortString("routing key", c.routingKey); err != nil {
+		return err
+	}
+	size, err := amqpframe.Size(msg)
+	if err != nil || frameMax <= 0 || size <= frameMax {
+		return err // the common case: one walk over the table, no allocation
 	}
 	tp := p.t.Carrier().Names().Traceparent
 	var added []string

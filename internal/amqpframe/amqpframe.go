@@ -45,16 +45,25 @@ const maxDroppedList = 1024
 // Size returns the size in bytes of the content-header frame amqp091 writes
 // for msg, frame overhead included: what the connection's frame_max limits.
 // It walks the header table once and allocates nothing; it encodes nothing.
-func Size(msg *amqp091.Publishing) int {
+//
+// In the same walk it looks for short strings longer than MaxShortString
+// bytes (a property such as MessageId, or a header key at any depth) and
+// returns an error wrapping ErrShortStringTooLong naming the first it met:
+// amqp091 would send only the string's length modulo 256 bytes of it,
+// without an error. The size is then that of the corrupted frame.
+func Size(msg *amqp091.Publishing) (int, error) {
+	var l long
 	n := frameOverhead + headerFixed
-	for _, s := range [...]string{msg.ContentType, msg.ContentEncoding, msg.CorrelationId, msg.ReplyTo,
-		msg.Expiration, msg.MessageId, msg.Type, msg.UserId, msg.AppId} {
-		if len(s) > 0 {
-			n += shortstr(s)
+	for _, p := range [...]struct{ name, s string }{{"ContentType", msg.ContentType},
+		{"ContentEncoding", msg.ContentEncoding}, {"CorrelationId", msg.CorrelationId}, {"ReplyTo", msg.ReplyTo},
+		{"Expiration", msg.Expiration}, {"MessageId", msg.MessageId}, {"Type", msg.Type}, {"UserId", msg.UserId},
+		{"AppId", msg.AppId}} {
+		if len(p.s) > 0 {
+			n += l.shortstr(p.name, "", p.s)
 		}
 	}
 	if len(msg.Headers) > 0 {
-		n += tableSize(msg.Headers)
+		n += tableSize(msg.Headers, "", &l)
 	}
 	if msg.DeliveryMode > 0 {
 		n++
@@ -65,29 +74,125 @@ func Size(msg *amqp091.Publishing) int {
 	if !msg.Timestamp.IsZero() {
 		n += 8
 	}
-	return n
+	return n, l.err()
+}
+
+// MaxShortString is the longest string, in bytes, an AMQP short string
+// (a property such as MessageId, a header key, an exchange or routing key)
+// can carry: its length is one octet.
+const MaxShortString = 255
+
+// ErrShortStringTooLong is wrapped by the error of a publish with a short
+// string longer than MaxShortString bytes. amqp091 does not refuse one: it
+// writes the length modulo 256 and as many bytes, so a 300-byte MessageId
+// arrives as its first 44 bytes, and a long header key as another key.
+var ErrShortStringTooLong = errors.New("amqp: short string longer than 255 bytes")
+
+// long is the first over-long short string a walk met. Recording it costs
+// no allocation; the error is made only when there is one.
+type long struct {
+	field string // the property, or "header key"
+	under string // for a key in a nested table: the top-level header it is under
+	s     string
 }
 
 // shortstr is amqp091's writeShortstr: a length octet and as many bytes as
 // it says. amqp091 truncates the length to 8 bits and writes that many, so
-// a longer string costs less than its length, and so it is counted here.
-func shortstr(s string) int { return 1 + int(uint8(len(s))) }
+// a longer string costs less than its length, and so it is counted here;
+// l notes it as the first over-long string unless one came before.
+func (l *long) shortstr(field, under, s string) int {
+	if len(s) > MaxShortString && l.field == "" {
+		*l = long{field: field, under: under, s: s}
+	}
+	return 1 + int(uint8(len(s)))
+}
 
-func tableSize(t amqp091.Table) int {
+func (l *long) err() error {
+	if l.field == "" {
+		return nil
+	}
+	return shortStringErr(l.field, l.under, l.s)
+}
+
+// shortStringErr names field (and the start of s, for a header key, which
+// has no other name) and its length.
+func shortStringErr(field, under, s string) error {
+	what := field
+	if field == headerKey {
+		what = fmt.Sprintf("header key %q…", prefix(s, 32))
+		if under != "" {
+			what += fmt.Sprintf(" (nested in header %q)", prefix(under, 64))
+		}
+	}
+	return fmt.Errorf("%w: %s is %d bytes; amqp091 would send only its first %d",
+		ErrShortStringTooLong, what, len(s), uint8(len(s)))
+}
+
+// headerKey is the field name long records for a header-table key.
+const headerKey = "header key"
+
+// prefix is s cut to at most n bytes, not inside a UTF-8 sequence.
+func prefix(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
+}
+
+// ShortString returns an error wrapping ErrShortStringTooLong, naming field
+// and the length, when s is longer than MaxShortString bytes: for a short
+// string outside the content header, such as an exchange or routing key.
+func ShortString(field, s string) error {
+	if len(s) > MaxShortString {
+		return shortStringErr(field, "", s)
+	}
+	return nil
+}
+
+// CheckNames returns an error wrapping ErrShortStringTooLong when a header
+// name of n is too long to be an AMQP header key, so that a publisher or
+// consumer configured with one refuses to start rather than refuse (or,
+// unchecked, corrupt) every message it sends.
+func CheckNames(n carrier.Names) error {
+	for _, f := range [...]struct{ name, s string }{{"Traceparent", n.Traceparent}, {"Tracestate", n.Tracestate},
+		{"Baggage", n.Baggage}, {"SessionID", n.SessionID}, {"RetryAttempt", n.RetryAttempt},
+		{"RetryPrevious", n.RetryPrevious}, {"DeadLetterReason", n.DeadLetterReason},
+		{"DeadLetterAttempts", n.DeadLetterAttempts}, {"DeadLetterSource", n.DeadLetterSource}} {
+		if err := ShortString("header name carrier.Names."+f.name, f.s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// tableSize is amqp091's writeTable. under is the top-level header a nested
+// table is the value (or inside the value) of, for naming an over-long key.
+func tableSize(t amqp091.Table, under string, l *long) int {
 	n := 4 // the long-string length of the encoded table
 	for k, v := range t {
-		n += EntrySize(k, v)
+		n += l.shortstr(headerKey, under, k)
+		if under == "" {
+			n += fieldSize(v, k, l)
+		} else {
+			n += fieldSize(v, under, l)
+		}
 	}
 	return n
 }
 
 // EntrySize is what the table entry k: v adds to a header table.
-func EntrySize(k string, v any) int { return shortstr(k) + fieldSize(v) }
+func EntrySize(k string, v any) int {
+	var l long // sizing only: Size reports over-long strings
+	return l.shortstr(headerKey, "", k) + fieldSize(v, k, &l)
+}
 
 // fieldSize is amqp091's writeField: a type octet and the value. A type
 // amqp091 cannot encode counts as nothing: Table.Validate refuses the
 // publish before anything is sent.
-func fieldSize(v any) int {
+func fieldSize(v any, under string, l *long) int {
 	switch v := v.(type) {
 	case nil:
 		return 1
@@ -108,20 +213,25 @@ func fieldSize(v any) int {
 	case []any:
 		n := 5
 		for _, e := range v {
-			n += fieldSize(e)
+			n += fieldSize(e, under, l)
 		}
 		return n
 	case amqp091.Table:
-		return 1 + tableSize(v)
+		return 1 + tableSize(v, under, l)
 	}
 	return 0
 }
 
 // Check returns nil when msg's content header fits in a frame of frameMax
-// bytes (0: the connection set no limit), and otherwise an error wrapping
-// ErrTooLarge that names both sizes.
+// bytes (0: the connection set no limit) and amqp091 can encode it intact.
+// Otherwise the error wraps ErrShortStringTooLong (see Size) or ErrTooLarge,
+// naming the sizes.
 func Check(msg *amqp091.Publishing, frameMax int) error {
-	if size := Size(msg); frameMax > 0 && size > frameMax {
+	size, err := Size(msg)
+	if err != nil {
+		return err
+	}
+	if frameMax > 0 && size > frameMax {
 		return tooLarge(msg, size, frameMax)
 	}
 	return nil
@@ -130,7 +240,8 @@ func Check(msg *amqp091.Publishing, frameMax int) error {
 func tooLarge(msg *amqp091.Publishing, size, frameMax int) error {
 	var headers int
 	if len(msg.Headers) > 0 {
-		headers = tableSize(msg.Headers)
+		var l long
+		headers = tableSize(msg.Headers, "", &l)
 	}
 	return fmt.Errorf("%w: its content header frame would be %d bytes (%d of them the header table), over the connection's frame_max of %d bytes",
 		ErrTooLarge, size, headers, frameMax)
@@ -139,11 +250,12 @@ func tooLarge(msg *amqp091.Publishing, size, frameMax int) error {
 // Drop removes headers of msg, in the order of keys (all present in
 // msg.Headers), until its content header fits in a frame of frameMax bytes,
 // and returns the keys it removed. When removing them all is not enough,
-// the error wraps ErrTooLarge and names the size without them.
+// the error wraps ErrTooLarge and names the size without them. A message
+// with an over-long short string is refused as Size refuses it, untouched.
 func Drop(msg *amqp091.Publishing, frameMax int, keys []string) ([]string, error) {
-	size := Size(msg)
-	if frameMax <= 0 || size <= frameMax {
-		return nil, nil
+	size, err := Size(msg)
+	if err != nil || frameMax <= 0 || size <= frameMax {
+		return nil, err
 	}
 	n := 0
 	for need := size; n < len(keys) && need > frameMax; n++ {
@@ -154,7 +266,7 @@ func Drop(msg *amqp091.Publishing, frameMax int, keys []string) ([]string, error
 	}
 	// Size is the authority: the sum above ignores the table's length
 	// prefix, which goes too when the table is left empty.
-	if size := Size(msg); size > frameMax {
+	if size, _ := Size(msg); size > frameMax {
 		return keys[:n], tooLarge(msg, size, frameMax)
 	}
 	return keys[:n], nil
@@ -171,9 +283,18 @@ func Drop(msg *amqp091.Publishing, frameMax int, keys []string) ([]string, error
 // removed keys in DroppedHeader (after those of an earlier trim). When even
 // that is not enough the error wraps ErrTooLarge: the caller must then
 // keep the message (leave it unacked), never drop it.
+//
+// A dead letter with a short string over MaxShortString bytes is refused
+// untouched, with Size's error, and kept the same way. A delivery cannot
+// carry one (the wire format has no room for its length), so only a header
+// the caller added could be one, and that is a mistake to report, not data
+// to trim away.
 func FitDeadLetter(msg *amqp091.Publishing, frameMax, reserve int, names carrier.Names) ([]string, error) {
-	size := Size(msg) + reserve
-	if frameMax <= 0 || size <= frameMax {
+	size, err := Size(msg)
+	if err != nil {
+		return nil, err
+	}
+	if size += reserve; frameMax <= 0 || size <= frameMax {
 		return nil, nil
 	}
 	_, validTP := carrier.ParseTraceparent(text(msg.Headers[names.Traceparent]))
@@ -220,8 +341,8 @@ func FitDeadLetter(msg *amqp091.Publishing, frameMax, reserve int, names carrier
 	}
 	msg.Headers[DroppedHeader] = droppedList(prior, dropped)
 	// Size is the authority; the sum above only chose how many to remove.
-	if size := Size(msg) + reserve; size > frameMax {
-		return dropped, tooLarge(msg, size, frameMax)
+	if size, _ := Size(msg); size+reserve > frameMax {
+		return dropped, tooLarge(msg, size+reserve, frameMax)
 	}
 	return dropped, nil
 }

@@ -3,13 +3,16 @@ package amqpframe_test
 import (
 	"encoding/binary"
 	"errors"
+	"maps"
 	"math"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
 	"pgregory.net/rapid"
@@ -108,9 +111,16 @@ func field(depth int) *rapid.Generator[any] {
 	return rapid.OneOf(scalars...)
 }
 
+// shortString draws a property or header key: any text up to 300 bytes,
+// and often one of 250 to 300 bytes, around the 255 amqp091 can carry (it
+// writes the length in 8 bits), which short random text would rarely reach.
+func shortString() *rapid.Generator[string] {
+	return rapid.OneOf(rapid.StringN(0, 300, 300),
+		rapid.Map(rapid.IntRange(250, 300), func(n int) string { return strings.Repeat("s", n) }))
+}
+
 func table(depth int) *rapid.Generator[amqp091.Table] {
-	// Keys up to 300 bytes: amqp091 writes a key's length in 8 bits.
-	return rapid.Map(rapid.MapOfN(rapid.StringN(0, 300, 300), field(depth), 0, 6), func(m map[string]any) amqp091.Table {
+	return rapid.Map(rapid.MapOfN(shortString(), field(depth), 0, 6), func(m map[string]any) amqp091.Table {
 		return amqp091.Table(m)
 	})
 }
@@ -118,11 +128,12 @@ func table(depth int) *rapid.Generator[amqp091.Table] {
 // TestSizeIsWhatAmqp091Writes measures the content-header frame amqp091
 // actually writes to RabbitMQ for random properties and header tables (every
 // field type, nested, with keys and short strings over 255 bytes, which
-// amqp091 truncates) and checks that Size predicts it to the byte.
+// amqp091 truncates) and checks that Size predicts it to the byte, and
+// reports an error exactly when there is such a string.
 func TestSizeIsWhatAmqp091Writes(t *testing.T) {
 	ch, w := dialRecorded(t)
 	rapid.Check(t, func(rt *rapid.T) {
-		short := func(label string) string { return rapid.StringN(0, 300, 300).Draw(rt, label) }
+		short := func(label string) string { return shortString().Draw(rt, label) }
 		msg := amqp091.Publishing{
 			ContentType: short("content-type"), ContentEncoding: short("content-encoding"),
 			CorrelationId: short("correlation-id"), ReplyTo: short("reply-to"), MessageId: short("message-id"),
@@ -155,14 +166,48 @@ func TestSizeIsWhatAmqp091Writes(t *testing.T) {
 		if after != before+1 {
 			rt.Fatalf("recorded %d content headers for one publish", after-before)
 		}
-		if want := amqpframe.Size(&msg); got != want {
+		want, err := amqpframe.Size(&msg)
+		if got != want {
 			rt.Fatalf("amqp091 wrote a %d-byte content-header frame, Size says %d", got, want)
+		}
+		if long := overlong(&msg); long != errors.Is(err, amqpframe.ErrShortStringTooLong) || long != (err != nil) {
+			rt.Fatalf("message with an over-long short string: %v; Size's error: %v", long, err)
 		}
 	})
 	// The broker took every frame without closing the connection.
 	if _, err := ch.QueueDeclare("", false, true, true, false, nil); err != nil {
 		t.Fatalf("a round trip after the publishes: %v", err)
 	}
+}
+
+// overlong says whether msg has a short string amqp091 truncates: a
+// property or a header key, at any depth, over 255 bytes.
+func overlong(msg *amqp091.Publishing) bool {
+	for _, s := range []string{msg.ContentType, msg.ContentEncoding, msg.CorrelationId, msg.ReplyTo,
+		msg.Expiration, msg.MessageId, msg.Type, msg.UserId, msg.AppId} {
+		if len(s) > 255 {
+			return true
+		}
+	}
+	return overlongField(msg.Headers)
+}
+
+func overlongField(v any) bool {
+	switch v := v.(type) {
+	case amqp091.Table:
+		for k, e := range v {
+			if len(k) > 255 || overlongField(e) {
+				return true
+			}
+		}
+	case []any:
+		for _, e := range v {
+			if overlongField(e) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func TestSizeAllocatesNothing(t *testing.T) {
@@ -180,7 +225,7 @@ func TestCheckNamesSizeAndLimit(t *testing.T) {
 	if !errors.Is(err, amqpframe.ErrTooLarge) {
 		t.Fatalf("Check = %v, want ErrTooLarge", err)
 	}
-	size := amqpframe.Size(&msg)
+	size := frameSize(t, &msg)
 	for _, want := range []string{strconv.Itoa(size), "131072"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not name %s", err, want)
@@ -195,6 +240,17 @@ func TestCheckNamesSizeAndLimit(t *testing.T) {
 }
 
 const validTP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+// frameSize is amqpframe.Size of a message that has no over-long short
+// string.
+func frameSize(t testing.TB, msg *amqp091.Publishing) int {
+	t.Helper()
+	n, err := amqpframe.Size(msg)
+	if err != nil {
+		t.Fatalf("Size: %v", err)
+	}
+	return n
+}
 
 // deadLetter is a delivery's headers plus what a dead letter adds.
 func deadLetter(extra amqp091.Table) amqp091.Publishing {
@@ -217,7 +273,7 @@ func TestFitDeadLetterTrimsTracingFirstThenLargest(t *testing.T) {
 	names := carrier.DefaultNames()
 	user := amqp091.Table{"big": strings.Repeat("b", 5000), "mid": strings.Repeat("m", 2000), "small": "s"}
 	whole := deadLetter(user)
-	full := amqpframe.Size(&whole)
+	full := frameSize(t, &whole)
 
 	for _, tc := range []struct {
 		name     string
@@ -239,7 +295,7 @@ func TestFitDeadLetterTrimsTracingFirstThenLargest(t *testing.T) {
 			if strings.Join(dropped, ",") != strings.Join(tc.dropped, ",") {
 				t.Errorf("dropped %q, want %q", dropped, tc.dropped)
 			}
-			if size := amqpframe.Size(&msg); size > tc.frameMax {
+			if size := frameSize(t, &msg); size > tc.frameMax {
 				t.Errorf("trimmed to %d bytes, frame_max %d", size, tc.frameMax)
 			}
 			for _, k := range []string{"traceparent", "dead-letter-attempts", "dead-letter-source", "small"} {
@@ -264,11 +320,11 @@ func TestFitDeadLetterTrimsTracingFirstThenLargest(t *testing.T) {
 func TestFitDeadLetterKeepsRoomAndRefusesTheImpossible(t *testing.T) {
 	names := carrier.DefaultNames()
 	msg := deadLetter(amqp091.Table{"big": strings.Repeat("b", 5000)})
-	full := amqpframe.Size(&msg)
+	full := frameSize(t, &msg)
 	if _, err := amqpframe.FitDeadLetter(&msg, full, 100, names); err != nil {
 		t.Fatal(err)
 	}
-	if size := amqpframe.Size(&msg); size+100 > full {
+	if size := frameSize(t, &msg); size+100 > full {
 		t.Errorf("reserve ignored: %d + 100 > %d", size, full)
 	}
 
@@ -283,7 +339,7 @@ func TestFitDeadLetterKeepsRoomAndRefusesTheImpossible(t *testing.T) {
 func TestFitDeadLetterDropsAnInvalidTraceparentFirst(t *testing.T) {
 	names := carrier.DefaultNames()
 	msg := deadLetter(amqp091.Table{"traceparent": strings.Repeat("z", 3000), "user": strings.Repeat("u", 1000)})
-	dropped, err := amqpframe.FitDeadLetter(&msg, amqpframe.Size(&msg)-1000, 0, names)
+	dropped, err := amqpframe.FitDeadLetter(&msg, frameSize(t, &msg)-1000, 0, names)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -319,7 +375,7 @@ func TestFitDeadLetterListIsBoundedAndAppends(t *testing.T) {
 	if strings.ContainsAny(list, "\n") || strings.Contains(list, "key,") {
 		t.Errorf("separator or control character from a key left in the list: %.80q", list)
 	}
-	if size := amqpframe.Size(&msg); size > 4096 {
+	if size := frameSize(t, &msg); size > 4096 {
 		t.Errorf("trimmed to %d bytes", size)
 	}
 }
@@ -327,7 +383,7 @@ func TestFitDeadLetterListIsBoundedAndAppends(t *testing.T) {
 func TestDropRemovesOnlyWhatIsNeeded(t *testing.T) {
 	msg := amqp091.Publishing{Headers: amqp091.Table{"user": strings.Repeat("u", 1000),
 		"baggage": strings.Repeat("b", 800), "tracestate": strings.Repeat("t", 400)}}
-	full := amqpframe.Size(&msg)
+	full := frameSize(t, &msg)
 	dropped, err := amqpframe.Drop(&msg, full-500, []string{"baggage", "tracestate"})
 	if err != nil || len(dropped) != 1 || dropped[0] != "baggage" {
 		t.Fatalf("Drop = %q, %v; want [baggage]", dropped, err)
@@ -338,5 +394,97 @@ func TestDropRemovesOnlyWhatIsNeeded(t *testing.T) {
 	_, err = amqpframe.Drop(&msg, 500, []string{"tracestate"})
 	if !errors.Is(err, amqpframe.ErrTooLarge) {
 		t.Fatalf("Drop below the user's own size = %v, want ErrTooLarge", err)
+	}
+}
+
+// TestSizeNamesAnOverlongShortString checks that Size, Check, Drop and
+// FitDeadLetter refuse a short string of 256 bytes or more wherever AMQP
+// has one (each property, a header key at any depth), naming it and its
+// length, and leave the message untouched; 255 bytes is fine.
+func TestSizeNamesAnOverlongShortString(t *testing.T) {
+	long := strings.Repeat("é", 150) // 300 bytes, cut only between runes
+	for _, tc := range []struct {
+		name string
+		msg  amqp091.Publishing
+		want []string
+	}{
+		{"ContentType", amqp091.Publishing{ContentType: long}, []string{"ContentType is 300 bytes", "first 44"}},
+		{"ContentEncoding", amqp091.Publishing{ContentEncoding: long}, []string{"ContentEncoding is 300 bytes"}},
+		{"CorrelationId", amqp091.Publishing{CorrelationId: long}, []string{"CorrelationId is 300 bytes"}},
+		{"ReplyTo", amqp091.Publishing{ReplyTo: long}, []string{"ReplyTo is 300 bytes"}},
+		{"Expiration", amqp091.Publishing{Expiration: long}, []string{"Expiration is 300 bytes"}},
+		{"MessageId", amqp091.Publishing{MessageId: long}, []string{"MessageId is 300 bytes"}},
+		{"Type", amqp091.Publishing{Type: long}, []string{"Type is 300 bytes"}},
+		{"UserId", amqp091.Publishing{UserId: long}, []string{"UserId is 300 bytes"}},
+		{"AppId", amqp091.Publishing{AppId: long}, []string{"AppId is 300 bytes"}},
+		{"256 bytes", amqp091.Publishing{MessageId: strings.Repeat("m", 256)}, []string{"MessageId is 256 bytes", "first 0"}},
+		{"top-level key", amqp091.Publishing{Headers: amqp091.Table{long: 1}}, []string{"header key", "is 300 bytes"}},
+		{"nested key", amqp091.Publishing{Headers: amqp091.Table{"a": "b", "outer": amqp091.Table{"x": amqp091.Table{long: nil}}}},
+			[]string{"header key", `nested in header "outer"`, "is 300 bytes"}},
+		{"key in an array", amqp091.Publishing{Headers: amqp091.Table{"arr": []any{1, []any{amqp091.Table{long: "v"}}}}},
+			[]string{`nested in header "arr"`, "is 300 bytes"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			size, err := amqpframe.Size(&tc.msg)
+			if !errors.Is(err, amqpframe.ErrShortStringTooLong) {
+				t.Fatalf("Size = %d, %v; want ErrShortStringTooLong", size, err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not say %s", err, w)
+				}
+			}
+			if !utf8.ValidString(err.Error()) {
+				t.Errorf("error cuts a key inside a UTF-8 sequence: %q", err)
+			}
+			if err := amqpframe.Check(&tc.msg, 0); !errors.Is(err, amqpframe.ErrShortStringTooLong) {
+				t.Errorf("Check without a frame limit = %v", err)
+			}
+			n := len(tc.msg.Headers)
+			if dropped, err := amqpframe.Drop(&tc.msg, 1, slices.Collect(maps.Keys(tc.msg.Headers))); !errors.Is(err, amqpframe.ErrShortStringTooLong) || len(dropped) != 0 || len(tc.msg.Headers) != n {
+				t.Errorf("Drop = %q, %v; want it refused untouched", dropped, err)
+			}
+			if tc.msg.Headers == nil {
+				tc.msg.Headers = amqp091.Table{}
+			}
+			n = len(tc.msg.Headers)
+			if dropped, err := amqpframe.FitDeadLetter(&tc.msg, 100, 0, carrier.DefaultNames()); !errors.Is(err, amqpframe.ErrShortStringTooLong) || len(dropped) != 0 || len(tc.msg.Headers) != n {
+				t.Errorf("FitDeadLetter = %q, %v; want it refused untouched", dropped, err)
+			}
+		})
+	}
+
+	s255 := strings.Repeat("x", 255)
+	ok := amqp091.Publishing{ContentType: s255, ContentEncoding: s255, CorrelationId: s255, ReplyTo: s255,
+		Expiration: s255, MessageId: s255, Type: s255, UserId: s255, AppId: s255,
+		Headers: amqp091.Table{s255: amqp091.Table{s255: []any{amqp091.Table{s255: 1}}}}}
+	if _, err := amqpframe.Size(&ok); err != nil {
+		t.Errorf("255-byte short strings refused: %v", err)
+	}
+	// The first over-long string is the one named; a property comes
+	// before the table.
+	two := amqp091.Publishing{AppId: long, Headers: amqp091.Table{long: 1}}
+	if _, err := amqpframe.Size(&two); err == nil || !strings.Contains(err.Error(), "AppId") {
+		t.Errorf("Size with two over-long strings = %v, want the AppId named", err)
+	}
+}
+
+func TestCheckNamesAndShortString(t *testing.T) {
+	if err := amqpframe.CheckNames(carrier.DefaultNames()); err != nil {
+		t.Fatalf("default names refused: %v", err)
+	}
+	if err := amqpframe.CheckNames(carrier.Names{Baggage: strings.Repeat("b", 255)}); err != nil {
+		t.Errorf("a 255-byte name refused: %v", err)
+	}
+	err := amqpframe.CheckNames(carrier.Names{DeadLetterSource: strings.Repeat("s", 256)})
+	if !errors.Is(err, amqpframe.ErrShortStringTooLong) || !strings.Contains(err.Error(), "carrier.Names.DeadLetterSource is 256 bytes") {
+		t.Errorf("CheckNames with a 256-byte name = %v", err)
+	}
+	if err := amqpframe.ShortString("routing key", strings.Repeat("r", 255)); err != nil {
+		t.Errorf("255-byte routing key refused: %v", err)
+	}
+	if err := amqpframe.ShortString("routing key", strings.Repeat("r", 511)); !errors.Is(err, amqpframe.ErrShortStringTooLong) ||
+		!strings.Contains(err.Error(), "routing key is 511 bytes; amqp091 would send only its first 255") {
+		t.Errorf("ShortString of 511 bytes = %v", err)
 	}
 }

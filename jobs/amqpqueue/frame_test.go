@@ -51,6 +51,17 @@ func job(id, kind string) *jobs.Envelope {
 		Headers: map[string]string{}}
 }
 
+// frameSize is amqpframe.Size of a message that has no over-long short
+// string.
+func frameSize(t testing.TB, msg *amqp091.Publishing) int {
+	t.Helper()
+	n, err := amqpframe.Size(msg)
+	if err != nil {
+		t.Fatalf("Size: %v", err)
+	}
+	return n
+}
+
 // TestPushOverFrameMaxRefused pushes a job whose headers cannot fit in one
 // frame while another job is taken and not yet acked. The push must fail
 // with ErrFrameTooLarge naming the limit, and the connection must survive:
@@ -92,7 +103,7 @@ func TestUndecodableDeadLetterTrimmedToFit(t *testing.T) {
 	q, name, frameMax := frameQueue(t, true)
 	msg := amqp091.Publishing{Headers: amqp091.Table{"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
 		"small": "keep", "big": ""}, Body: []byte("not a job")}
-	msg.Headers["big"] = strings.Repeat("x", frameMax-30-amqpframe.Size(&msg))
+	msg.Headers["big"] = strings.Repeat("x", frameMax-30-frameSize(t, &msg))
 	ch := channel(t)
 	if err := ch.Publish("", name, false, false, msg); err != nil {
 		t.Fatal(err)
@@ -129,7 +140,7 @@ func TestRetryThatCannotFitIsAnError(t *testing.T) {
 	probe := amqp091.Publishing{Headers: amqp091.Table{}, Body: prev.Payload, MessageId: prev.ID,
 		DeliveryMode: amqp091.Persistent, ContentType: "application/octet-stream"}
 	jobs.EncodeEnvelope(tbamqp.Carrier(probe.Headers), prev)
-	prev.Kind = strings.Repeat("k", frameMax-20-amqpframe.Size(&probe))
+	prev.Kind = strings.Repeat("k", frameMax-20-frameSize(t, &probe))
 	if err := q.Push(ctx, prev, false); err != nil {
 		t.Fatal(err)
 	}
@@ -146,4 +157,92 @@ func TestRetryThatCannotFitIsAnError(t *testing.T) {
 		t.Fatalf("retry that cannot fit: %v, want ErrFrameTooLarge", err)
 	}
 	_ = q.Ack(ctx, popped)
+}
+
+// TestPushOverlongShortStringRefused pushes a job whose ID (sent as the
+// AMQP MessageId) and one whose header key is 300 bytes: amqp091 would send
+// only their first 44 bytes without an error. Each push must fail with
+// ErrShortStringTooLong naming the field, and send nothing; a job with a
+// 255-byte ID and header key then arrives intact, first in the queue.
+func TestPushOverlongShortStringRefused(t *testing.T) {
+	q, _, _ := frameQueue(t, false)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	long := strings.Repeat("L", 300)
+	keyed := job("keyed", "k")
+	keyed.Headers[long] = "v"
+	for _, tc := range []struct {
+		name, field string
+		e           *jobs.Envelope
+	}{{"ID", "MessageId", job(long, "k")}, {"header key", "header key", keyed}} {
+		err := q.Push(ctx, tc.e, false)
+		if err == nil {
+			popped, perr := q.Pop(ctx)
+			if perr != nil {
+				t.Errorf("job with a 300-byte %s pushed without error; pop: %v", tc.name, perr)
+				continue
+			}
+			d := popped.Receipt.(amqp091.Delivery)
+			var keys []int
+			for k := range popped.Headers {
+				keys = append(keys, len(k))
+			}
+			t.Errorf("job with a 300-byte %s pushed without error; it arrived with a %d-byte MessageId and header keys of %v bytes",
+				tc.name, len(d.MessageId), keys)
+			_ = q.Ack(ctx, popped)
+			continue
+		}
+		if !errors.Is(err, tbamqp.ErrShortStringTooLong) || !strings.Contains(err.Error(), tc.field) || !strings.Contains(err.Error(), "300 bytes") {
+			t.Errorf("push of a job with a 300-byte %s: %v, want ErrShortStringTooLong naming %s and 300 bytes", tc.name, err, tc.field)
+		}
+	}
+
+	id, key := strings.Repeat("i", 255), strings.Repeat("k", 255)
+	ok := job(id, "k")
+	ok.Headers[key] = "v"
+	if err := q.Push(ctx, ok, false); err != nil {
+		t.Fatalf("push with a 255-byte ID and header key: %v", err)
+	}
+	popped, err := q.Pop(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = q.Ack(ctx, popped) }()
+	if d := popped.Receipt.(amqp091.Delivery); popped.ID != id || d.MessageId != id || popped.Headers[key] != "v" {
+		t.Errorf("job with 255-byte short strings arrived as ID %d bytes, MessageId %d bytes, header %q: %q",
+			len(popped.ID), len(d.MessageId), key[:8]+"…", popped.Headers[key])
+	}
+}
+
+// TestNewRefusesOverlongQueueNames configures queue names AMQP cannot
+// carry. amqp091 would declare (and publish to) their first bytes modulo
+// 256, other queues, without an error; New must refuse them, naming which.
+func TestNewRefusesOverlongQueueNames(t *testing.T) {
+	url := testenv.AMQP(t)
+	base := fmt.Sprintf("tbjobs-shortstr-%d-", time.Now().UnixNano())
+	for _, tc := range []struct {
+		name string
+		cfg  amqpqueue.Config
+		want string
+	}{
+		{"queue", amqpqueue.Config{Queue: base + strings.Repeat("q", 300-len(base))}, "queue is 300 bytes"},
+		{"delay queue", amqpqueue.Config{Queue: base + strings.Repeat("q", 250-len(base))}, "delay queue is 256 bytes"},
+		{"dead-letter queue", amqpqueue.Config{Queue: base + "ok", DeadLetter: base + strings.Repeat("d", 300-len(base))},
+			"dead-letter queue is 300 bytes"},
+	} {
+		q, err := amqpqueue.New(url, tc.cfg)
+		if err == nil {
+			_ = q.Close()
+			// What amqp091 declared: the names cut to their length mod 256.
+			ch := channel(t)
+			for _, n := range []string{tc.cfg.Queue, tc.cfg.Queue + tbamqp.DelayQueueSuffix, tc.cfg.DeadLetter} {
+				if n := n[:uint8(len(n))]; n != "" {
+					_, _ = ch.QueueDelete(n, false, false, false)
+				}
+			}
+		}
+		if !errors.Is(err, tbamqp.ErrShortStringTooLong) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("New with a long %s name: %v, want ErrShortStringTooLong saying %s", tc.name, err, tc.want)
+		}
+	}
 }

@@ -85,10 +85,20 @@ type session struct {
 
 // New dials url, declares the work queue and its delay queue (durable),
 // and returns a queue on them. Consumption starts at the first Pop, so an
-// enqueue-only process takes no jobs.
+// enqueue-only process takes no jobs. A queue name that AMQP cannot carry
+// (over 255 bytes, its delay queue's name included) is refused with an
+// error wrapping amqp.ErrShortStringTooLong.
 func New(url string, cfg Config) (*Queue, error) {
 	if cfg.Queue == "" {
 		return nil, errors.New("amqpqueue: new: empty queue name")
+	}
+	// amqp091 would declare and publish to a name over 255 bytes truncated,
+	// a different queue, without an error.
+	for _, q := range [...]struct{ what, name string }{{"queue", cfg.Queue}, {"delay queue", cfg.Queue + tbamqp.DelayQueueSuffix},
+		{"dead-letter queue", cfg.DeadLetter}} {
+		if err := amqpframe.ShortString(q.what, q.name); err != nil {
+			return nil, fmt.Errorf("amqpqueue: new %q: %w", cfg.Queue, err)
+		}
 	}
 	if cfg.Prefetch <= 0 {
 		cfg.Prefetch = 16

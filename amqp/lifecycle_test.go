@@ -128,33 +128,6 @@ func (p *proxy) close() {
 	p.wg.Wait()
 }
 
-// within runs f and fails t when it does not return within closeBound.
-func within(t *testing.T, what string, f func()) time.Duration {
-	t.Helper()
-	start := time.Now()
-	done := make(chan struct{})
-	go func() { defer close(done); f() }()
-	select {
-	case <-done:
-	case <-time.After(closeBound):
-		t.Fatalf("%s did not return within %v", what, closeBound)
-	}
-	return time.Since(start)
-}
-
-// gate holds handlers mid-message until it is opened.
-type gate struct {
-	open chan struct{}
-	in   atomic.Int32
-}
-
-func newGate() *gate { return &gate{open: make(chan struct{})} }
-
-func (g *gate) hold() {
-	g.in.Add(1)
-	<-g.open
-}
-
 // TestDialPublisherCloseWhileRedialing loses the publisher's connection and
 // closes it while it redials, once against a port that refuses and once
 // against one that accepts and never answers (the AMQP handshake hangs):
@@ -177,7 +150,7 @@ func TestDialPublisherCloseWhileRedialing(t *testing.T) {
 			// Into the redial loop: a refused dial logged, or a dial whose
 			// handshake hangs.
 			testenv.WaitFor(t, "a redial", closeBound, func() bool { return logs.contains("reconnecting") || px.held.Load() > 0 })
-			took := within(t, "Close", func() { _ = p.Close() })
+			took := testenv.Within(t, "Close", closeBound, func() { _ = p.Close() })
 			px.close()
 			goleak.VerifyNone(t, leaks)
 			t.Logf("Close took %v while redialing", took)
@@ -220,9 +193,9 @@ func TestDialPublisherCloseWithConfirmsPending(t *testing.T) {
 			pending++
 		}
 	}
-	within(t, "Close", func() { _ = p.Close() })
+	testenv.Within(t, "Close", closeBound, func() { _ = p.Close() })
 	lost := 0
-	within(t, "every Wait", func() {
+	testenv.Within(t, "every Wait", closeBound, func() {
 		for _, c := range confs {
 			switch err := c.Wait(context.Background()); {
 			case err == nil:
@@ -297,7 +270,7 @@ func TestConsumerRunStopsWhileRedialing(t *testing.T) {
 			px.cut(refuse)
 			testenv.WaitFor(t, "the consumer to redial", closeBound, func() bool { return logs.contains("reconnecting") || px.held.Load() > 0 })
 			cancel()
-			took := within(t, "Run to return", func() {
+			took := testenv.Within(t, "Run to return", closeBound, func() {
 				if err := <-errc; err != nil {
 					t.Errorf("Run: %v", err)
 				}
@@ -320,28 +293,28 @@ func TestConsumerStopWaitsForHandlersThenLeavesNothing(t *testing.T) {
 	q := uniqueQueue(t, u, "stopwait")
 	const n = 12
 	publishN(t, u, q, n)
-	g := newGate()
+	g := testenv.NewGate()
 	c := amqp.NewConsumer(u, q, consumerSetup(q), func(context.Context, amqp091.Delivery) error {
-		g.hold()
+		g.Hold()
 		return nil
 	}, tracebridge.WithConcurrency(4))
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() { errc <- c.Run(ctx) }()
-	testenv.WaitFor(t, "4 handlers in flight", closeBound, func() bool { return g.in.Load() == 4 })
+	testenv.WaitFor(t, "4 handlers in flight", closeBound, func() bool { return g.Held() == 4 })
 	cancel()
 	select {
 	case err := <-errc:
 		t.Fatalf("Run returned %v with handlers running", err)
 	case <-time.After(200 * time.Millisecond):
 	}
-	close(g.open)
-	within(t, "Run to return", func() {
+	g.Open()
+	testenv.Within(t, "Run to return", closeBound, func() {
 		if err := <-errc; err != nil {
 			t.Errorf("Run: %v", err)
 		}
 	})
-	if got := g.in.Load(); got != 4 {
+	if got := g.Held(); got != 4 {
 		t.Fatalf("%d handlers started after the context ended, want the 4 in flight", got)
 	}
 	testenv.WaitFor(t, "the rest back in the queue", closeBound, func() bool { return queueDepth(t, u, q) == n-4 })
@@ -360,20 +333,20 @@ func TestConsumerConnectionLostMidMessageLosesNothing(t *testing.T) {
 	q := uniqueQueue(t, u, "lostmid")
 	const n = 12
 	publishN(t, u, q, n)
-	g := newGate()
+	g := testenv.NewGate()
 	var logs lockedBuffer
 	c := amqp.NewConsumer(px.url, q, consumerSetup(q), func(context.Context, amqp091.Delivery) error {
-		g.hold()
+		g.Hold()
 		return nil
 	}, tracebridge.WithConcurrency(4), tracebridge.WithLogger(logs.logger()))
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() { errc <- c.Run(ctx) }()
-	testenv.WaitFor(t, "4 handlers in flight", closeBound, func() bool { return g.in.Load() == 4 })
+	testenv.WaitFor(t, "4 handlers in flight", closeBound, func() bool { return g.Held() == 4 })
 	px.cut(true)
 	cancel()
-	close(g.open)
-	within(t, "Run to return", func() {
+	g.Open()
+	testenv.Within(t, "Run to return", closeBound, func() {
 		if err := <-errc; err != nil {
 			t.Errorf("Run: %v", err)
 		}
@@ -432,7 +405,7 @@ func TestConsumerStopDuringRetryBackoff(t *testing.T) {
 	testenv.WaitFor(t, "the retry to be taken", closeBound, func() bool { return queueDepth(t, u, q) == 0 })
 	time.Sleep(100 * time.Millisecond)
 	cancel()
-	within(t, "Run to return", func() {
+	testenv.Within(t, "Run to return", closeBound, func() {
 		if err := <-errc; err != nil {
 			t.Errorf("Run: %v", err)
 		}
@@ -489,8 +462,8 @@ func TestDialPublisherCloseReleasesWaitingPublish(t *testing.T) {
 		t.Fatalf("publish returned %v instead of waiting for the reconnect", err)
 	case <-time.After(200 * time.Millisecond):
 	}
-	within(t, "Close", func() { _ = p.Close() })
-	within(t, "the waiting publish", func() {
+	testenv.Within(t, "Close", closeBound, func() { _ = p.Close() })
+	testenv.Within(t, "the waiting publish", closeBound, func() {
 		if err := <-errc; !errors.Is(err, amqp.ErrDisconnected) {
 			t.Errorf("publish after Close: %v, want ErrDisconnected", err)
 		}
@@ -528,8 +501,8 @@ func TestNewPublisherLeavesNothingAfterItsChannelCloses(t *testing.T) {
 		}
 		confs = append(confs, c)
 	}
-	within(t, "connection close", func() { _ = conn.Close() })
-	within(t, "every Wait", func() {
+	testenv.Within(t, "connection close", closeBound, func() { _ = conn.Close() })
+	testenv.Within(t, "every Wait", closeBound, func() {
 		for _, c := range confs {
 			if err := c.Wait(context.Background()); err != nil && !errors.Is(err, amqp.ErrConfirmLost) {
 				t.Errorf("Wait after the close: %v", err)

@@ -40,20 +40,6 @@ func blackHole(t *testing.T, url, subj string) *natsgo.Conn {
 	return nc
 }
 
-// within runs f and fails t when it does not return within closeBound.
-func within(t *testing.T, what string, f func()) time.Duration {
-	t.Helper()
-	start := time.Now()
-	done := make(chan struct{})
-	go func() { defer close(done); f() }()
-	select {
-	case <-done:
-	case <-time.After(closeBound):
-		t.Fatalf("%s did not return within %v", what, closeBound)
-	}
-	return time.Since(start)
-}
-
 // TestWrapJetStreamUnackedAsyncPublishEndsAtClose publishes async through
 // WrapJetStream to a subject whose ack never comes, with nats.go's default
 // (no async ack timeout), and closes the connection: the send span ends
@@ -88,7 +74,7 @@ func TestWrapJetStreamUnackedAsyncPublishEndsAtClose(t *testing.T) {
 	if got := len(tel.Named("send " + subj)); got != 0 {
 		t.Fatalf("%d send spans ended before any ack or close", got)
 	}
-	within(t, "connection close", nc.Close)
+	testenv.Within(t, "connection close", closeBound, nc.Close)
 	hole.Close()
 	goleak.VerifyNone(t, leaks)
 
@@ -157,7 +143,7 @@ func TestNewJetStreamUnackedAsyncPublishEndsAtClose(t *testing.T) {
 	if got := len(tel.Named("send " + subj)); got != 0 {
 		t.Fatalf("%d send spans ended before any ack or close", got)
 	}
-	within(t, "connection close", nc.Close)
+	testenv.Within(t, "connection close", closeBound, nc.Close)
 	hole.Close()
 	testenv.WaitFor(t, "send spans to end", closeBound, func() bool { return len(tel.Named("send "+subj)) == n })
 	for _, s := range tel.Named("send " + subj) {
@@ -211,20 +197,6 @@ func TestWrapJetStreamUnackedAsyncPublishTimesOut(t *testing.T) {
 	goleak.VerifyNone(t, append(natsConnGoroutines(), leaks)...)
 }
 
-// gate holds handlers mid-message until it is opened, counting how many
-// are held.
-type gate struct {
-	open chan struct{}
-	in   atomic.Int32
-}
-
-func newGate() *gate { return &gate{open: make(chan struct{})} }
-
-func (g *gate) hold() {
-	g.in.Add(1)
-	<-g.open
-}
-
 // TestChanSubscribeWorkersEndAtConnClose closes the connection under a
 // ChanSubscribe with WithConcurrency(4) whose context never ends, while
 // four handlers are blocked mid-message and more messages wait in the
@@ -239,11 +211,11 @@ func TestChanSubscribeWorkersEndAtConnClose(t *testing.T) {
 	}
 	c := tnats.Wrap(nc, tracebridge.WithConcurrency(4))
 	subj := unique(t, "chan")
-	g := newGate()
+	g := testenv.NewGate()
 	var handled atomic.Int32
 	ch := make(chan *natsgo.Msg, 64)
 	if _, err := c.ChanSubscribe(context.Background(), subj, ch, func(context.Context, *natsgo.Msg) {
-		g.hold()
+		g.Hold()
 		handled.Add(1)
 	}); err != nil {
 		t.Fatal(err)
@@ -255,10 +227,10 @@ func TestChanSubscribeWorkersEndAtConnClose(t *testing.T) {
 		}
 	}
 	testenv.WaitFor(t, "4 handlers in flight and the rest buffered", closeBound, func() bool {
-		return g.in.Load() == 4 && len(ch) == n-4
+		return g.Held() == 4 && len(ch) == n-4
 	})
-	within(t, "connection close", nc.Close)
-	close(g.open)
+	testenv.Within(t, "connection close", closeBound, nc.Close)
+	g.Open()
 	goleak.VerifyNone(t, leaks)
 	if got := handled.Load(); got != n {
 		t.Fatalf("%d of %d delivered messages handled", got, n)
@@ -283,7 +255,7 @@ func TestChanSubscribeWorkersEndAtUnsubscribe(t *testing.T) {
 		t.Fatal(err)
 	}
 	testenv.WaitFor(t, "a message handled", closeBound, func() bool { return handled.Load() == 1 })
-	within(t, "unsubscribe", func() {
+	testenv.Within(t, "unsubscribe", closeBound, func() {
 		if err := sub.Unsubscribe(); err != nil {
 			t.Error(err)
 		}
@@ -303,16 +275,16 @@ func TestSubscribeHandlerBlockedAtConnClose(t *testing.T) {
 	}
 	c := tnats.Wrap(nc)
 	subj := unique(t, "core")
-	g := newGate()
-	if _, err := c.Subscribe(subj, func(context.Context, *natsgo.Msg) { g.hold() }); err != nil {
+	g := testenv.NewGate()
+	if _, err := c.Subscribe(subj, func(context.Context, *natsgo.Msg) { g.Hold() }); err != nil {
 		t.Fatal(err)
 	}
 	if err := nc.Publish(subj, []byte("x")); err != nil {
 		t.Fatal(err)
 	}
-	testenv.WaitFor(t, "handler in flight", closeBound, func() bool { return g.in.Load() == 1 })
-	within(t, "connection close", nc.Close)
-	close(g.open)
+	testenv.WaitFor(t, "handler in flight", closeBound, func() bool { return g.Held() == 1 })
+	testenv.Within(t, "connection close", closeBound, nc.Close)
+	g.Open()
 	goleak.VerifyNone(t, leaks)
 }
 
@@ -378,28 +350,28 @@ func TestConsumeStopWaitsForHandlersThenLeavesNothing(t *testing.T) {
 		t.Run(how, func(t *testing.T) {
 			leaks := goleak.IgnoreCurrent()
 			e := newJSLifecycle(t, 10, jetstream.ConsumerConfig{Durable: "c", AckWait: 30 * time.Second})
-			g := newGate()
+			g := testenv.NewGate()
 			cc, err := e.consumer(t, tracebridge.WithConcurrency(4)).Consume(func(context.Context, jetstream.Msg) error {
-				g.hold()
+				g.Hold()
 				return nil
 			})
 			if err != nil {
 				t.Fatal(err)
 			}
-			testenv.WaitFor(t, "4 handlers in flight", closeBound, func() bool { return g.in.Load() == 4 })
+			testenv.WaitFor(t, "4 handlers in flight", closeBound, func() bool { return g.Held() == 4 })
 			if how == "Stop" {
-				within(t, "Stop", cc.Stop)
+				testenv.Within(t, "Stop", closeBound, cc.Stop)
 			} else {
-				within(t, "Drain", cc.Drain)
+				testenv.Within(t, "Drain", closeBound, cc.Drain)
 			}
 			select {
 			case <-cc.Closed():
 				t.Fatal("Closed while handlers were still running")
 			case <-time.After(200 * time.Millisecond):
 			}
-			close(g.open)
-			within(t, "Closed after the handlers returned", func() { <-cc.Closed() })
-			within(t, "connection close", e.nc.Close)
+			g.Open()
+			testenv.Within(t, "Closed after the handlers returned", closeBound, func() { <-cc.Closed() })
+			testenv.Within(t, "connection close", closeBound, e.nc.Close)
 			goleak.VerifyNone(t, append(natsConnGoroutines(), leaks)...)
 		})
 	}
@@ -411,29 +383,29 @@ func TestConsumeStopWaitsForHandlersThenLeavesNothing(t *testing.T) {
 func TestMessagesReturnsAfterHandlersThenLeavesNothing(t *testing.T) {
 	leaks := goleak.IgnoreCurrent()
 	e := newJSLifecycle(t, 10, jetstream.ConsumerConfig{Durable: "c", AckWait: 30 * time.Second})
-	g := newGate()
+	g := testenv.NewGate()
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() {
 		errc <- e.consumer(t, tracebridge.WithConcurrency(4)).Messages(ctx, func(context.Context, jetstream.Msg) error {
-			g.hold()
+			g.Hold()
 			return nil
 		})
 	}()
-	testenv.WaitFor(t, "4 handlers in flight", closeBound, func() bool { return g.in.Load() == 4 })
+	testenv.WaitFor(t, "4 handlers in flight", closeBound, func() bool { return g.Held() == 4 })
 	cancel()
 	select {
 	case err := <-errc:
 		t.Fatalf("Messages returned %v with handlers running", err)
 	case <-time.After(200 * time.Millisecond):
 	}
-	close(g.open)
-	within(t, "Messages to return", func() {
+	g.Open()
+	testenv.Within(t, "Messages to return", closeBound, func() {
 		if err := <-errc; !errors.Is(err, context.Canceled) {
 			t.Errorf("Messages returned %v, want context.Canceled", err)
 		}
 	})
-	within(t, "connection close", e.nc.Close)
+	testenv.Within(t, "connection close", closeBound, e.nc.Close)
 	goleak.VerifyNone(t, append(natsConnGoroutines(), leaks)...)
 }
 
@@ -445,19 +417,19 @@ func TestMessagesReturnsAfterHandlersThenLeavesNothing(t *testing.T) {
 func TestConsumeCloseLosesNothing(t *testing.T) {
 	const n = 12
 	e := newJSLifecycle(t, n, jetstream.ConsumerConfig{Durable: "c", AckWait: time.Second})
-	g := newGate()
+	g := testenv.NewGate()
 	cc, err := e.consumer(t, tracebridge.WithConcurrency(4)).Consume(func(context.Context, jetstream.Msg) error {
-		g.hold()
+		g.Hold()
 		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	testenv.WaitFor(t, "4 handlers in flight", closeBound, func() bool { return g.in.Load() == 4 })
+	testenv.WaitFor(t, "4 handlers in flight", closeBound, func() bool { return g.Held() == 4 })
 	cc.Stop()
-	within(t, "connection close", e.nc.Close)
-	close(g.open)
-	within(t, "Closed", func() { <-cc.Closed() })
+	testenv.Within(t, "connection close", closeBound, e.nc.Close)
+	g.Open()
+	testenv.Within(t, "Closed", closeBound, func() { <-cc.Closed() })
 
 	e.dial(t)
 	var mu sync.Mutex
@@ -511,7 +483,7 @@ func TestJetStreamAsyncPublishLeavesNoGoroutineOnOpenConnection(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			within(t, "acks", func() { <-tjs.PublishAsyncComplete() })
+			testenv.Within(t, "acks", closeBound, func() { <-tjs.PublishAsyncComplete() })
 			testenv.WaitFor(t, "send spans", closeBound, func() bool { return len(tel.Named("send "+subj)) == n })
 			goleak.VerifyNone(t, append(natsConnGoroutines(), leaks)...)
 
@@ -521,7 +493,7 @@ func TestJetStreamAsyncPublishLeavesNoGoroutineOnOpenConnection(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			within(t, "CleanupPublisher", tjs.CleanupPublisher)
+			testenv.Within(t, "CleanupPublisher", closeBound, tjs.CleanupPublisher)
 			select {
 			case err := <-f.Err():
 				if !errors.Is(err, jetstream.ErrJetStreamPublisherClosed) {

@@ -136,23 +136,8 @@ func (p *pipeline) see(ctx context.Context, hop, key string) {
 
 func (p *pipeline) setupKafka() {
 	t := p.t
-	cl := &kafkago.Client{Addr: kafkago.TCP(p.kafkaAddrs...), Timeout: 10 * time.Second}
-	req := &kafkago.CreateTopicsRequest{}
-	for _, tp := range []string{p.topic, p.outside} {
-		req.Topics = append(req.Topics, kafkago.TopicConfig{Topic: tp, NumPartitions: 3, ReplicationFactor: 1})
-	}
-	res, err := cl.CreateTopics(context.Background(), req)
-	if err != nil {
-		t.Fatalf("create topics: %v", err)
-	}
-	for tp, err := range res.Errors {
-		if err != nil {
-			t.Fatalf("create topic %s: %v", tp, err)
-		}
-	}
-	t.Cleanup(func() {
-		_, _ = cl.DeleteTopics(context.Background(), &kafkago.DeleteTopicsRequest{Topics: []string{p.topic, p.outside}})
-	})
+	testenv.CreateTopics(t, p.kafkaAddrs, testenv.Topics(3, p.topic, p.outside)...)
+	testenv.DeleteTopicsAfter(t, p.kafkaAddrs, p.topic, p.outside)
 	p.writer = tbkafka.NewWriter(&kafkago.Writer{Addr: kafkago.TCP(p.kafkaAddrs...), Topic: p.topic,
 		Balancer: &kafkago.Hash{}, BatchSize: 500, BatchTimeout: 2 * time.Millisecond, RequiredAcks: kafkago.RequireAll},
 		p.web.opts()...)

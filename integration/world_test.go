@@ -200,23 +200,8 @@ func (w *world) retry() tracebridge.Option {
 
 func (w *world) setupKafka() {
 	t := w.t
-	cl := &kafkago.Client{Addr: kafkago.TCP(w.kafkaAddrs...), Timeout: 10 * time.Second}
-	req := &kafkago.CreateTopicsRequest{}
-	for _, tp := range []string{w.topic, w.dlqTopic} {
-		req.Topics = append(req.Topics, kafkago.TopicConfig{Topic: tp, NumPartitions: 3, ReplicationFactor: 1})
-	}
-	res, err := cl.CreateTopics(context.Background(), req)
-	if err != nil {
-		t.Fatalf("create topics: %v", err)
-	}
-	for tp, err := range res.Errors {
-		if err != nil {
-			t.Fatalf("create topic %s: %v", tp, err)
-		}
-	}
-	t.Cleanup(func() {
-		_, _ = cl.DeleteTopics(context.Background(), &kafkago.DeleteTopicsRequest{Topics: []string{w.topic, w.dlqTopic}})
-	})
+	testenv.CreateTopics(t, w.kafkaAddrs, testenv.Topics(3, w.topic, w.dlqTopic)...)
+	testenv.DeleteTopicsAfter(t, w.kafkaAddrs, w.topic, w.dlqTopic)
 	w.writer = tbkafka.NewWriter(&kafkago.Writer{
 		Addr: kafkago.TCP(w.kafkaAddrs...), Topic: w.topic, Balancer: &kafkago.Hash{},
 		BatchSize: 500, BatchTimeout: 2 * time.Millisecond, RequiredAcks: kafkago.RequireAll,

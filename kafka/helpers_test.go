@@ -57,20 +57,7 @@ func groupReader(addrs []string, group string, commitEvery time.Duration, topics
 // the topics are created explicitly.
 func ensureTopics(t testing.TB, addrs []string, topics ...string) {
 	t.Helper()
-	cl := &kafkago.Client{Addr: kafkago.TCP(addrs...), Timeout: 10 * time.Second}
-	req := &kafkago.CreateTopicsRequest{}
-	for _, tp := range topics {
-		req.Topics = append(req.Topics, kafkago.TopicConfig{Topic: tp, NumPartitions: 3, ReplicationFactor: 1})
-	}
-	res, err := cl.CreateTopics(context.Background(), req)
-	if err != nil {
-		t.Fatalf("create topics %v: %v", topics, err)
-	}
-	for tp, err := range res.Errors {
-		if err != nil {
-			t.Fatalf("create topic %q: %v", tp, err)
-		}
-	}
+	testenv.CreateTopics(t, addrs, testenv.Topics(3, topics...)...)
 }
 
 // byKey indexes spans by their messaging.kafka.message.key.

@@ -131,19 +131,9 @@ func TestHostileHeadersBoundedRetention(t *testing.T) {
 // so that kfake's ApplyRetention drops every record in them.
 func createTrimmedTopics(t *testing.T, addrs []string, topics ...string) {
 	t.Helper()
-	cl := &kafkago.Client{Addr: kafkago.TCP(addrs...), Timeout: 10 * time.Second}
-	req := &kafkago.CreateTopicsRequest{}
-	for _, tp := range topics {
-		req.Topics = append(req.Topics, kafkago.TopicConfig{Topic: tp, NumPartitions: 1, ReplicationFactor: 1,
-			ConfigEntries: []kafkago.ConfigEntry{{ConfigName: "retention.bytes", ConfigValue: "0"}}})
+	tcs := testenv.Topics(1, topics...)
+	for i := range tcs {
+		tcs[i].ConfigEntries = []kafkago.ConfigEntry{{ConfigName: "retention.bytes", ConfigValue: "0"}}
 	}
-	res, err := cl.CreateTopics(context.Background(), req)
-	if err != nil {
-		t.Fatalf("create topics %v: %v", topics, err)
-	}
-	for tp, err := range res.Errors {
-		if err != nil {
-			t.Fatalf("create topic %q: %v", tp, err)
-		}
-	}
+	testenv.CreateTopics(t, addrs, tcs...)
 }

@@ -214,18 +214,5 @@ func reader(addrs []string, group, topic string) *kafkago.Reader {
 
 func createTopics(t testing.TB, addrs []string, topics ...string) {
 	t.Helper()
-	cl := &kafkago.Client{Addr: kafkago.TCP(addrs...), Timeout: 10 * time.Second}
-	req := &kafkago.CreateTopicsRequest{}
-	for _, tp := range topics {
-		req.Topics = append(req.Topics, kafkago.TopicConfig{Topic: tp, NumPartitions: 1, ReplicationFactor: 1})
-	}
-	res, err := cl.CreateTopics(context.Background(), req)
-	if err != nil {
-		t.Fatalf("create topics %v: %v", topics, err)
-	}
-	for tp, err := range res.Errors {
-		if err != nil {
-			t.Fatalf("create topic %s: %v", tp, err)
-		}
-	}
+	testenv.CreateTopics(t, addrs, testenv.Topics(1, topics...)...)
 }

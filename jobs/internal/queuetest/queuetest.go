@@ -125,8 +125,14 @@ func must(t testing.TB, err error) {
 }
 
 // Run runs the suite on destinations named after name, which must be
-// unique to the call; b.Remove deletes each after its subtest.
+// unique to the call; b.Remove deletes each after its subtest. Once every
+// subtest's cleanups have run, no goroutine started during the suite may
+// remain: a connection some subtest left open (a pooled one, say, that a
+// client keeps alive in the background) would otherwise surface as a leak
+// in whichever later subtest checks for one.
 func Run(t *testing.T, b Broker, name string) {
+	leaks := goleak.IgnoreCurrent()
+	defer noGoroutinesBut(t, leaks)
 	for _, c := range []struct {
 		name string
 		run  func(*testing.T, Broker, string)
@@ -558,23 +564,8 @@ func shutdownHandsBack(t *testing.T, b Broker, name string) {
 func noLeaks(t *testing.T, b Broker, name string) {
 	leaks := goleak.IgnoreCurrent()
 	// Registered first, so it runs last: after the cleanups that close
-	// the connections b.Open made. A broker client may close a connection
-	// in the background after its Close returned (and an embedded broker
-	// then ends its side), so the check allows that a few seconds; a leak
-	// lasts longer (kafka-go's idle connections, say, live for 30s).
-	t.Cleanup(func() {
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			err := goleak.Find(leaks)
-			if err == nil {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Error(err)
-				return
-			}
-		}
-	})
+	// the connections b.Open made.
+	t.Cleanup(func() { noGoroutinesBut(t, leaks) })
 
 	a, started, release := blockedWorker(t, b.Open(t, name), 50*time.Millisecond)
 	honour, err := a.Enqueue(context.Background(), "honour", nil)
@@ -599,6 +590,28 @@ func noLeaks(t *testing.T, b Broker, name string) {
 	must(t, q.Close())
 	if _, err := q.Pop(pctx); !errors.Is(err, jobs.ErrClosed) {
 		t.Fatalf("pop after close: %v, want ErrClosed", err)
+	}
+}
+
+// noGoroutinesBut fails t if goroutines other than those leaks ignores
+// are running. A broker client may close a connection in the background
+// after its Close returned (and an embedded broker then ends its side), so
+// the check allows that a few seconds; a leak lasts longer (kafka-go's idle
+// connections, say, live for 30s, and a pool's metadata refresh keeps its
+// connection from ever being idle).
+func noGoroutinesBut(t *testing.T, leaks goleak.Option) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := goleak.Find(leaks)
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Error(err)
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 

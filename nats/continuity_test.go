@@ -184,7 +184,12 @@ func TestJetStreamContinuity(t *testing.T) {
 	var futMu sync.Mutex
 	var futs []jetstream.PubAckFuture
 	produceAll(t, tel, func(ctx context.Context, i int) error {
-		f, err := tjs.PublishAsync(ctx, subj, []byte(strconv.Itoa(i)))
+		// With 1024 publishes pending, the next one waits for a PubAck to
+		// free a slot, by default for only 200ms before failing: on a
+		// loaded machine the server's acks take longer than that. The
+		// test is about what each message carries, not about how fast
+		// the server acks, so a publish may wait as long as a PubAck.
+		f, err := tjs.PublishAsync(ctx, subj, []byte(strconv.Itoa(i)), jetstream.WithStallWait(30*time.Second))
 		if err != nil {
 			return err
 		}

@@ -71,7 +71,13 @@ func TestQueue(t *testing.T) {
 			}
 		},
 		Garbage: func(t testing.TB, name string, m queuetest.Raw) {
-			w := &kafkago.Writer{Addr: kafkago.TCP(brokers...), Topic: name, AllowAutoTopicCreation: true}
+			// A transport of its own, closed here: on kafka-go's shared
+			// DefaultTransport the connection would stay open, refreshing
+			// metadata every few seconds, and NoLeaks would find kfake's
+			// side of it serving those requests.
+			tr := &kafkago.Transport{}
+			defer tr.CloseIdleConnections()
+			w := &kafkago.Writer{Addr: kafkago.TCP(brokers...), Topic: name, AllowAutoTopicCreation: true, Transport: tr}
 			defer w.Close()
 			msg := kafkago.Message{Value: m.Body}
 			for k, v := range m.Headers {

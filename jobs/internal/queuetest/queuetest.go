@@ -64,9 +64,12 @@ const (
 	envName = "QUEUETEST_NAME"
 )
 
-// record is one line the worker subprocess writes per job event.
+// record is one line the worker subprocess writes per event.
 type record struct {
-	Event   string `json:"event"` // "started" or "done"
+	// Event is "ready" (its kinds are registered and it pops), "started",
+	// "done" or "dead" (a job it gave up on; Error says why).
+	Event   string `json:"event"`
+	Error   string `json:"error,omitempty"`
 	ID      string `json:"id"`
 	Attempt int    `json:"attempt"`
 	Trace   string `json:"trace"`
@@ -83,32 +86,42 @@ func Child(t *testing.T, b Broker) bool {
 		return false
 	}
 	tel := testenv.NewTelemetry(t)
-	q, registered := Gate(b.Open(t, os.Getenv(envName)))
-	r := jobs.New(jobs.Config{Queue: q, Timeout: -1},
-		tracebridge.WithTracerProvider(tel.TracerProvider), tracebridge.WithConcurrency(1))
 	var mu sync.Mutex
 	enc := json.NewEncoder(os.Stdout)
-	emit := func(ctx context.Context, event string, j *jobs.Job) {
+	write := func(rec record) {
+		mu.Lock()
+		defer mu.Unlock()
+		_ = enc.Encode(rec)
+	}
+	emit := func(ctx context.Context, event string, j *jobs.Job, err error) {
 		rec := record{Event: event, ID: j.ID, Attempt: j.Attempt,
 			Trace:   trace.SpanContextFromContext(ctx).TraceID().String(),
 			Session: carrier.SessionFromContext(ctx), User: baggage.FromContext(ctx).Member("user").Value()}
 		if ro, ok := trace.SpanFromContext(ctx).(sdktrace.ReadOnlySpan); ok {
 			rec.Parent = ro.Parent().SpanID().String()
 		}
-		mu.Lock()
-		defer mu.Unlock()
-		_ = enc.Encode(rec)
+		if err != nil {
+			rec.Error = err.Error()
+		}
+		write(rec)
 	}
+	q, registered := Gate(b.Open(t, os.Getenv(envName)))
+	// A job given up on is reported, so the parent fails at once with the
+	// reason instead of waiting for a report that cannot come.
+	r := jobs.New(jobs.Config{Queue: q, Timeout: -1,
+		DeadJob: func(ctx context.Context, j *jobs.Job, err error) { emit(ctx, "dead", j, err) }},
+		tracebridge.WithTracerProvider(tel.TracerProvider), tracebridge.WithConcurrency(1))
 	must(t, r.Register("echo", func(ctx context.Context, j *jobs.Job) error {
-		emit(ctx, "done", j)
+		emit(ctx, "done", j, nil)
 		return nil
 	}))
 	must(t, r.Register("hang", func(ctx context.Context, j *jobs.Job) error {
-		emit(ctx, "started", j)
+		emit(ctx, "started", j, nil)
 		<-ctx.Done() // until the parent kills this process
 		return ctx.Err()
 	}))
 	registered()
+	write(record{Event: "ready"})
 	// The parent ends a well-behaved worker by closing stdin.
 	_, _ = bufio.NewReader(os.Stdin).ReadString('\n')
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -125,8 +138,14 @@ func must(t testing.TB, err error) {
 }
 
 // Run runs the suite on destinations named after name, which must be
-// unique to the call; b.Remove deletes each after its subtest.
+// unique to the call; b.Remove deletes each after its subtest. Once every
+// subtest's cleanups have run, no goroutine started during the suite may
+// remain: a connection some subtest left open (a pooled one, say, that a
+// client keeps alive in the background) would otherwise surface as a leak
+// in whichever later subtest checks for one.
 func Run(t *testing.T, b Broker, name string) {
+	leaks := goleak.IgnoreCurrent()
+	defer noGoroutinesBut(t, leaks)
 	for _, c := range []struct {
 		name string
 		run  func(*testing.T, Broker, string)
@@ -140,6 +159,16 @@ func Run(t *testing.T, b Broker, name string) {
 	}
 }
 
+// Bounds of the waits on the worker subprocess. They only bound a failure;
+// a passing run takes a fraction of them. The start covers exec'ing the
+// race-built test binary, connecting and setting up the destination on a
+// loaded machine; a report covers one job's trip through the broker to a
+// worker that is already popping.
+const (
+	workerStartBound  = 60 * time.Second
+	workerReportBound = 30 * time.Second
+)
+
 // worker is a running worker subprocess.
 type worker struct {
 	cmd     *exec.Cmd
@@ -147,6 +176,10 @@ type worker struct {
 	records chan record
 }
 
+// startWorker starts a worker subprocess on name and returns once it
+// reports ready: its kinds registered, popping. Until then nothing is
+// timed but its start, so a slow exec under load cannot eat into the
+// bound of a job's report.
 func startWorker(t *testing.T, b Broker, name string) *worker {
 	t.Helper()
 	// Re-run this test binary, selecting the top-level test only, so the
@@ -182,19 +215,31 @@ func startWorker(t *testing.T, b Broker, name string) *worker {
 			<-done
 		}
 	})
+	if rec := w.receive(t, workerStartBound, "ready"); rec.Event != "ready" {
+		t.Fatalf("worker subprocess reported %+v before it was ready", rec)
+	}
 	return w
 }
 
-func (w *worker) next(t *testing.T, within time.Duration) record {
+// next returns the worker's next job report.
+func (w *worker) next(t *testing.T) record {
+	t.Helper()
+	return w.receive(t, workerReportBound, "a job report")
+}
+
+func (w *worker) receive(t *testing.T, within time.Duration, what string) record {
 	t.Helper()
 	select {
 	case rec, ok := <-w.records:
 		if !ok {
-			t.Fatal("worker subprocess exited before reporting")
+			t.Fatalf("worker subprocess exited before %s", what)
+		}
+		if rec.Event == "dead" {
+			t.Fatalf("worker subprocess gave up on job %s attempt %d: %s", rec.ID, rec.Attempt, rec.Error)
 		}
 		return rec
 	case <-time.After(within):
-		t.Fatalf("no report from the worker subprocess within %v", within)
+		t.Fatalf("no %s from the worker subprocess within %v", what, within)
 	}
 	return record{}
 }
@@ -296,7 +341,7 @@ func crossProcess(t *testing.T, b Broker, name string) {
 			parent: sendSpan(t, tel, id).SpanID().String(), session: session, user: user}
 	}
 	for range wants {
-		rec := w.next(t, 15*time.Second)
+		rec := w.next(t)
 		wn, ok := wants[rec.ID]
 		if !ok {
 			t.Fatalf("worker ran unknown or repeated job %+v", rec)
@@ -318,7 +363,7 @@ func killedWorker(t *testing.T, b Broker, name string) {
 	ctx, span := journey(t, tel, "sess-killed", "victim")
 	hang, err := r.Enqueue(ctx, "hang", nil)
 	must(t, err)
-	if rec := w.next(t, 15*time.Second); rec.ID != hang || rec.Event != "started" {
+	if rec := w.next(t); rec.ID != hang || rec.Event != "started" {
 		t.Fatalf("worker reported %+v, want job %s started", rec, hang)
 	}
 	ids := map[string]bool{hang: true}
@@ -558,23 +603,8 @@ func shutdownHandsBack(t *testing.T, b Broker, name string) {
 func noLeaks(t *testing.T, b Broker, name string) {
 	leaks := goleak.IgnoreCurrent()
 	// Registered first, so it runs last: after the cleanups that close
-	// the connections b.Open made. A broker client may close a connection
-	// in the background after its Close returned (and an embedded broker
-	// then ends its side), so the check allows that a few seconds; a leak
-	// lasts longer (kafka-go's idle connections, say, live for 30s).
-	t.Cleanup(func() {
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			err := goleak.Find(leaks)
-			if err == nil {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Error(err)
-				return
-			}
-		}
-	})
+	// the connections b.Open made.
+	t.Cleanup(func() { noGoroutinesBut(t, leaks) })
 
 	a, started, release := blockedWorker(t, b.Open(t, name), 50*time.Millisecond)
 	honour, err := a.Enqueue(context.Background(), "honour", nil)
@@ -599,6 +629,28 @@ func noLeaks(t *testing.T, b Broker, name string) {
 	must(t, q.Close())
 	if _, err := q.Pop(pctx); !errors.Is(err, jobs.ErrClosed) {
 		t.Fatalf("pop after close: %v, want ErrClosed", err)
+	}
+}
+
+// noGoroutinesBut fails t if goroutines other than those leaks ignores
+// are running. A broker client may close a connection in the background
+// after its Close returned (and an embedded broker then ends its side), so
+// the check allows that a few seconds; a leak lasts longer (kafka-go's idle
+// connections, say, live for 30s, and a pool's metadata refresh keeps its
+// connection from ever being idle).
+func noGoroutinesBut(t *testing.T, leaks goleak.Option) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := goleak.Find(leaks)
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Error(err)
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 

@@ -172,7 +172,11 @@ func (l *ledger) audit(accepted, rejected []string, unrun []jobs.Unrun) ([]strin
 		}
 		// The reported attempt is the last one that started (interrupted) or
 		// the next one (never started): a reported job never runs again.
-		if u.Interrupted && (len(g.started) != u.Attempt || g.started[len(g.started)-1] != u.Attempt) {
+		// An abandoned job may have been reported before its handler began
+		// (the worker had taken it, the handler had not started); the
+		// runner then never starts it.
+		notBegun := u.Abandoned && len(g.started) == u.Attempt-1
+		if u.Interrupted && !notBegun && (len(g.started) != u.Attempt || g.started[len(g.started)-1] != u.Attempt) {
 			bad("job %s reported interrupted at attempt %d, attempts started %v", key, u.Attempt, g.started)
 		}
 		if !u.Interrupted && len(g.started) != u.Attempt-1 {

@@ -404,6 +404,10 @@ func (r *Runner) run(e *Envelope, k *kind) {
 		// knows it. The job is retried with backoff and goes to the dead-job
 		// handler only once its attempts are spent.
 		err = fmt.Errorf("jobs: run job %s of kind %q: %w", e.ID, e.Kind, ErrUnknownKind)
+	} else if r.hard.Err() != nil && !r.holds(e) {
+		// Shutdown reported this job before its handler began: a worker
+		// slow to get here must not start what the report calls unrun.
+		err = context.Cause(r.hard)
 	} else {
 		actx, cancel := ctx, context.CancelFunc(func() {})
 		if set.timeout > 0 {
@@ -425,6 +429,15 @@ const (
 	retried
 	dead
 )
+
+// holds reports whether e is still in flight, not yet taken by Shutdown's
+// report.
+func (r *Runner) holds(e *Envelope) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ok := r.inflight[e]
+	return ok
+}
 
 // claim removes e from inflight and decides its outcome, so that the
 // decision and Shutdown's report never disagree: once Shutdown took its

@@ -2,16 +2,22 @@ package amqp_test
 
 import (
 	"context"
+	"errors"
+	neturl "net/url"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
+	"go.opentelemetry.io/otel/attribute"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 
 	"github.com/tracebridge/tracebridge"
 	"github.com/tracebridge/tracebridge/amqp"
 	"github.com/tracebridge/tracebridge/carrier"
+	"github.com/tracebridge/tracebridge/internal/benchwrap"
 	"github.com/tracebridge/tracebridge/internal/testenv"
 )
 
@@ -55,6 +61,7 @@ func BenchmarkPublish(b *testing.B) {
 				}
 			}
 			b.ReportAllocs()
+			cpu := benchwrap.CPU(b)
 			for b.Loop() {
 				if confirms {
 					dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", q, false, false, msg)
@@ -65,6 +72,7 @@ func BenchmarkPublish(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
+			cpu(b.N)
 			reportRate(b)
 		})
 		for _, name := range []string{"unsampled", "sampled"} {
@@ -81,15 +89,79 @@ func BenchmarkPublish(b *testing.B) {
 					b.Fatal(err)
 				}
 				b.ReportAllocs()
+				cpu := benchwrap.CPU(b)
 				for b.Loop() {
 					if err := p.PublishWithContext(ctx, "", q, false, false, msg); err != nil {
 						b.Fatal(err)
 					}
 				}
+				cpu(b.N)
+				reportRate(b)
+			})
+		}
+		for _, h := range benchwrap.Variants() {
+			b.Run(mode+"/"+h.Name, func(b *testing.B) {
+				q := uniqueQueue(b, url, "bench")
+				_, ch := dial(b, url)
+				declare(b, ch, q, amqp091.Table{"x-max-length": int32(1000)})
+				if confirms {
+					if err := ch.Confirm(false); err != nil {
+						b.Fatal(err)
+					}
+				}
+				hw := benchwrap.New(tps[modeName(h.Sampled)], "rabbitmq", h.Full)
+				extra := func(a []attribute.KeyValue) []attribute.KeyValue {
+					a = serverAttrs(a, url)
+					a = append(a, semconv.MessagingMessageBodySize(len(msg.Body)), semconv.MessagingRabbitMQDestinationRoutingKey(q))
+					if s := carrier.SessionFromContext(ctx); s != "" {
+						a = append(a, semconv.SessionID(s))
+					}
+					return a
+				}
+				b.ReportAllocs()
+				cpu := benchwrap.CPU(b)
+				for b.Loop() {
+					// The caller's table is left alone: the journey goes
+					// into a copy.
+					pub := msg
+					pub.Headers = make(amqp091.Table, len(msg.Headers)+3)
+					for k, v := range msg.Headers {
+						pub.Headers[k] = v
+					}
+					sctx, span := hw.Send(ctx, q, benchwrap.AMQPCarrier(pub.Headers), extra)
+					var err error
+					if confirms {
+						var dc *amqp091.DeferredConfirmation
+						if dc, err = ch.PublishWithDeferredConfirmWithContext(sctx, "", q, false, false, pub); err == nil && !dc.Wait() {
+							err = errors.New("nacked")
+						}
+					} else {
+						err = ch.PublishWithContext(sctx, "", q, false, false, pub)
+					}
+					benchwrap.End(span, err)
+					if err != nil {
+						b.Fatal(err)
+					}
+				}
+				cpu(b.N)
 				reportRate(b)
 			})
 		}
 	}
+}
+
+func modeName(sampled bool) string {
+	if sampled {
+		return "sampled"
+	}
+	return "unsampled"
+}
+
+// serverAttrs are server.address and server.port of url.
+func serverAttrs(dst []attribute.KeyValue, url string) []attribute.KeyValue {
+	u, _ := neturl.Parse(url)
+	p, _ := strconv.Atoi(u.Port())
+	return append(dst, semconv.ServerAddress(u.Hostname()), semconv.ServerPort(p))
 }
 
 // fill puts n messages with a creation context on q, outside the timer.
@@ -130,6 +202,7 @@ func BenchmarkConsume(b *testing.B) {
 		}
 		b.ReportAllocs()
 		b.ResetTimer()
+		cpu := benchwrap.CPU(b)
 		ds, err := ch.Consume(q, "", false, false, false, false, nil)
 		if err != nil {
 			b.Fatal(err)
@@ -140,9 +213,49 @@ func BenchmarkConsume(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
+		cpu(b.N)
 		b.StopTimer()
 		reportRate(b)
 	})
+	for _, h := range benchwrap.Variants() {
+		b.Run(h.Name, func(b *testing.B) {
+			q := uniqueQueue(b, url, "benchc")
+			fill(b, url, q, b.N)
+			_, ch := dial(b, url)
+			if err := ch.Qos(2, 0, false); err != nil {
+				b.Fatal(err)
+			}
+			hw := benchwrap.New(tps[modeName(h.Sampled)], "rabbitmq", h.Full)
+			var n atomic.Int64
+			handler := func(context.Context, amqp091.Delivery) error { n.Add(1); return nil }
+			b.ReportAllocs()
+			b.ResetTimer()
+			cpu := benchwrap.CPU(b)
+			ds, err := ch.Consume(q, "", false, false, false, false, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			for range b.N {
+				d := <-ds
+				ctx, span := hw.Receive(context.Background(), q, benchwrap.AMQPCarrier(d.Headers), func(a []attribute.KeyValue) []attribute.KeyValue {
+					return append(a, semconv.MessagingMessageBodySize(len(d.Body)),
+						semconv.MessagingRabbitMQMessageDeliveryTag(int(d.DeliveryTag)),
+						semconv.MessagingRabbitMQDestinationRoutingKey(d.RoutingKey), attribute.Int("tracebridge.attempt", 1))
+				})
+				err := handler(ctx, d)
+				if err == nil {
+					err = d.Ack(false)
+				}
+				benchwrap.End(span, err)
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+			cpu(b.N)
+			b.StopTimer()
+			reportRate(b)
+		})
+	}
 	for _, name := range []string{"unsampled", "sampled"} {
 		b.Run("wrapped-"+name, func(b *testing.B) {
 			q := uniqueQueue(b, url, "benchc")
@@ -158,12 +271,14 @@ func BenchmarkConsume(b *testing.B) {
 			}, tracebridge.WithTracerProvider(tps[name]))
 			b.ReportAllocs()
 			b.ResetTimer()
+			cpu := benchwrap.CPU(b)
 			stop := runConsumer(b, c.Run)
 			select {
 			case <-done:
 			case <-time.After(5 * time.Minute):
 				b.Fatal("consumer too slow")
 			}
+			cpu(b.N)
 			b.StopTimer()
 			reportRate(b)
 			_ = stop()

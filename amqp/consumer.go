@@ -211,6 +211,7 @@ func (s *session) run(ctx context.Context) {
 	base := msgtrace.Detach(ctx)
 	for range s.c.t.Concurrency {
 		wg.Go(func() {
+			w := s.newWorker(base, ctx)
 			for {
 				select {
 				case <-ctx.Done():
@@ -223,7 +224,7 @@ func (s *session) run(ctx context.Context) {
 						_ = d.Nack(false, true) // not started: back to the queue now
 						return
 					}
-					s.handle(base, ctx, d)
+					w.handle(d)
 				}
 			}
 		})
@@ -236,58 +237,88 @@ func (s *session) run(ctx context.Context) {
 	_ = s.ch.Close()
 }
 
-// handle runs one delivery through its attempt; msgtrace.Deliver owns the
-// order (handler, republish or dead letter, then ack).
-func (s *session) handle(base, stop context.Context, d amqp091.Delivery) {
-	c := s.c
-	md := describe(c.t, &d, c.queue)
-	delayQueue := c.t.RetryDestination == ""
-	if delayQueue && Carrier(d.Headers).Get(c.t.Carrier().Names().RetryAttempt) != "" {
-		// The delay queue already waited out the backoff.
-		md.PublishedAt = time.Time{}
-	}
-	ack := d.Acknowledger
-	tag := d.DeliveryTag
-	hd := d
-	hd.Acknowledger = nil // the consumer settles, not the handler
-	st := msgtrace.Settlement{
-		Handle: func(ctx context.Context) error { return c.h(ctx, hd) },
-		Ack:    func(context.Context) error { return ack.Ack(tag, false) },
-		AckOp:  "ack",
-		Republish: func(ctx context.Context, r carrier.Retry) error {
-			msg := Republishing(&d)
-			c.t.Carrier().InjectRetry(Carrier(msg.Headers), r)
-			if !delayQueue {
-				return unfit(s.pub.PublishWithContext(ctx, "", c.t.RetryDestination, true, false, msg), r)
-			}
-			delay := c.t.Backoff.Delay(r.Attempt - 1)
-			msg.Expiration = strconv.FormatInt(delay.Milliseconds(), 10)
-			trace.SpanFromContext(ctx).SetAttributes(delayQueueAttr.Int64(delay.Milliseconds()))
-			return unfit(s.pub.PublishWithContext(ctx, "", c.queue+DelayQueueSuffix, true, false, msg), r)
-		},
-		GiveUp:          func(context.Context, error) error { return ack.Nack(tag, false, false) },
+// worker handles one delivery at a time for a session. Its Settlement is
+// built once, bound to the worker, and each delivery is put into d before
+// Deliver runs: building the closures per delivery, each capturing its own
+// copy of it, cost six allocations per message.
+type worker struct {
+	s          *session
+	base, stop context.Context
+	d          amqp091.Delivery // the delivery being handled
+	hd         amqp091.Delivery // d as the handler sees it: no Acknowledger
+	st         msgtrace.Settlement
+}
+
+func (s *session) newWorker(base, stop context.Context) *worker {
+	w := &worker{s: s, base: base, stop: stop}
+	w.st = msgtrace.Settlement{
+		Handle:          w.run,
+		Ack:             w.ack,
+		AckOp:           "ack",
+		Republish:       w.republish,
+		GiveUp:          w.giveUp,
 		GiveUpOp:        "nack",
 		PublishAttempts: 3,
 	}
-	if c.t.DeadLetter != "" {
-		st.DeadLetter = func(ctx context.Context, last trace.SpanContext, dl carrier.DeadLetter) error {
-			return s.deadLetter(ctx, &d, last, dl)
-		}
+	if s.c.t.DeadLetter != "" {
+		w.st.DeadLetter = w.deadLetter
 	}
-	outcome, err := c.t.Deliver(base, stop, md, st)
+	return w
+}
+
+func (w *worker) run(ctx context.Context) error { return w.s.c.h(ctx, w.hd) }
+func (w *worker) ack(context.Context) error     { return w.d.Acknowledger.Ack(w.d.DeliveryTag, false) }
+
+func (w *worker) giveUp(context.Context, error) error {
+	return w.d.Acknowledger.Nack(w.d.DeliveryTag, false, false)
+}
+
+func (w *worker) republish(ctx context.Context, r carrier.Retry) error {
+	c := w.s.c
+	msg := Republishing(&w.d)
+	c.t.Carrier().InjectRetry(Carrier(msg.Headers), r)
+	if c.t.RetryDestination != "" {
+		return unfit(w.s.pub.PublishWithContext(ctx, "", c.t.RetryDestination, true, false, msg), r)
+	}
+	delay := c.t.Backoff.Delay(r.Attempt - 1)
+	msg.Expiration = strconv.FormatInt(delay.Milliseconds(), 10)
+	trace.SpanFromContext(ctx).SetAttributes(delayQueueAttr.Int64(delay.Milliseconds()))
+	return unfit(w.s.pub.PublishWithContext(ctx, "", c.queue+DelayQueueSuffix, true, false, msg), r)
+}
+
+func (w *worker) deadLetter(ctx context.Context, last trace.SpanContext, dl carrier.DeadLetter) error {
+	return w.s.deadLetter(ctx, &w.d, last, dl)
+}
+
+// handle runs one delivery through its attempt; msgtrace.Deliver owns the
+// order (handler, republish or dead letter, then ack).
+func (w *worker) handle(d amqp091.Delivery) {
+	c := w.s.c
+	w.d, w.hd = d, d
+	w.hd.Acknowledger = nil // the consumer settles, not the handler
+	md := describe(c.t, &w.d, c.queue)
+	if c.t.RetryDestination == "" && Carrier(d.Headers).Get(c.t.Carrier().Names().RetryAttempt) != "" {
+		// The delay queue already waited out the backoff.
+		md.PublishedAt = time.Time{}
+	}
+	outcome, err := c.t.Deliver(w.base, w.stop, md, w.st)
 	var ur *unfitRetry
-	if outcome == msgtrace.Unsettled && stop.Err() == nil && errors.As(err, &ur) {
-		s.settleUnfit(base, &d, ur)
+	if outcome == msgtrace.Unsettled && w.stop.Err() == nil && errors.As(err, &ur) {
+		w.s.settleUnfit(w.base, &w.d, ur)
+		w.d, w.hd = amqp091.Delivery{}, amqp091.Delivery{}
 		return
 	}
 	if outcome == msgtrace.Unsettled {
 		// The broker still holds it: hand it back now rather than at
 		// channel close, unless the channel is gone anyway.
-		if nerr := ack.Nack(tag, false, true); nerr != nil && !errors.Is(nerr, amqp091.ErrClosed) {
+		if nerr := d.Acknowledger.Nack(d.DeliveryTag, false, true); nerr != nil && !errors.Is(nerr, amqp091.ErrClosed) {
 			c.t.Logger.Warn("tracebridge: could not requeue unsettled message", "queue", c.queue,
 				"message_id", d.MessageId, "error", errors.Join(err, nerr))
 		}
 	}
+	// Drop the references: the delivery's body and headers are not kept
+	// alive until the next one.
+	w.d, w.hd = amqp091.Delivery{}, amqp091.Delivery{}
 }
 
 // deadLetter publishes d to the dead-letter queue with retry-previous

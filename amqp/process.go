@@ -146,7 +146,7 @@ func describe(t *msgtrace.Tracer, d *amqp091.Delivery, queue string) msgtrace.De
 	md := msgtrace.Delivery{
 		Message: msgtrace.Message{Destination: dest, ID: d.MessageId, BodySize: len(d.Body),
 			Lazy: (*deliveryAttrs)(d)},
-		Carrier:     Carrier(d.Headers),
+		Carrier:     deliveryCarrier(d.Headers),
 		PublishedAt: d.Timestamp,
 	}
 	if d.MessageId != "" {

@@ -214,11 +214,49 @@ func (p *Publisher) channel(ctx context.Context) (*pubChannel, error) {
 // forwarded: it keeps it, and the span links to it. With WithConfirms it
 // returns once the broker has confirmed the message.
 func (p *Publisher) PublishWithContext(ctx context.Context, exchange, key string, mandatory, immediate bool, msg amqp091.Publishing) error {
-	c, err := p.PublishWithDeferredConfirm(ctx, exchange, key, mandatory, immediate, msg)
-	if err != nil {
-		return err
+	if p.t.Confirms {
+		c, err := p.PublishWithDeferredConfirm(ctx, exchange, key, mandatory, immediate, msg)
+		if err != nil {
+			return err
+		}
+		return c.Wait(ctx)
 	}
-	return c.Wait(ctx)
+	// Without confirms there is no answer to wait for, so no Confirmation
+	// is built: it would be an allocation per message for nothing. The
+	// routing key travels by value in the Message.
+	user := msg.Headers
+	msg.Headers = copyHeaders(user)
+	sctx, op := p.t.StartSend(ctx, Carrier(msg.Headers), msgtrace.Message{Destination: destination(exchange, key),
+		ID: msg.MessageId, BodySize: len(msg.Body), ServerAddress: p.addr, ServerPort: p.port, Attr: routingKeyAttr(key)})
+	pc, err := p.channel(ctx)
+	if err != nil {
+		err = fmt.Errorf("amqp: publish to %s: %w", where(exchange, key), err)
+	} else if err = p.fit(op.Span, exchange, key, &msg, user, pc.frameMax); err != nil {
+		err = fmt.Errorf("amqp: publish to %s: %w", where(exchange, key), err)
+	} else {
+		err = p.publishErr(pc, exchange, key, pc.ch.PublishWithContext(ctx, exchange, key, mandatory, immediate, msg))
+	}
+	op.End(sctx, err)
+	return err
+}
+
+// copyHeaders is a copy of h with room for the journey's headers: the
+// caller's table is never modified, so one Publishing can be sent
+// concurrently.
+func copyHeaders(h amqp091.Table) amqp091.Table {
+	out := make(amqp091.Table, len(h)+4)
+	for k, v := range h {
+		out[k] = v
+	}
+	return out
+}
+
+// destination is the messaging.destination.name of a publish.
+func destination(exchange, key string) string {
+	if exchange == "" {
+		return key // the default exchange routes by queue name
+	}
+	return exchange
 }
 
 // Confirmation is a publish whose broker confirmation is still to come.
@@ -232,8 +270,7 @@ type Confirmation struct {
 	dc        *amqp091.DeferredConfirmation
 	key       returnKey
 	mandatory bool
-	// exchange and routingKey name the publish in errors and, for a
-	// recording span, its routing-key attribute.
+	// exchange and routingKey name the publish in errors.
 	exchange, routingKey string
 
 	once sync.Once
@@ -245,18 +282,11 @@ type Confirmation struct {
 // broker's answer. Without WithConfirms the Confirmation is already done.
 func (p *Publisher) PublishWithDeferredConfirm(ctx context.Context, exchange, key string, mandatory, immediate bool, msg amqp091.Publishing) (*Confirmation, error) {
 	user := msg.Headers
-	h := make(amqp091.Table, len(msg.Headers)+4)
-	for k, v := range msg.Headers {
-		h[k] = v
-	}
+	h := copyHeaders(user)
 	msg.Headers = h
-	dest := exchange
-	if dest == "" {
-		dest = key // the default exchange routes by queue name
-	}
 	c := &Confirmation{p: p, mandatory: mandatory, exchange: exchange, routingKey: key}
-	c.ctx, c.op = p.t.StartSend(ctx, Carrier(h), msgtrace.Message{Destination: dest, ID: msg.MessageId,
-		BodySize: len(msg.Body), ServerAddress: p.addr, ServerPort: p.port, Lazy: (*sendAttrs)(c)})
+	c.ctx, c.op = p.t.StartSend(ctx, Carrier(h), msgtrace.Message{Destination: destination(exchange, key), ID: msg.MessageId,
+		BodySize: len(msg.Body), ServerAddress: p.addr, ServerPort: p.port, Attr: routingKeyAttr(key)})
 
 	pc, err := p.channel(ctx)
 	if err != nil {
@@ -265,14 +295,14 @@ func (p *Publisher) PublishWithDeferredConfirm(ctx context.Context, exchange, ke
 		return nil, err
 	}
 	c.pc = pc
-	if err := p.fit(c, &msg, user, pc.frameMax); err != nil {
+	if err := p.fit(c.op.Span, c.exchange, c.routingKey, &msg, user, pc.frameMax); err != nil {
 		err = fmt.Errorf("amqp: publish to %s: %w", c.where(), err)
 		c.finish(err)
 		return nil, err
 	}
 	if !pc.confirms {
 		err := pc.ch.PublishWithContext(ctx, exchange, key, mandatory, immediate, msg)
-		if c.finish(p.publishErr(pc, c, err)); c.err != nil {
+		if c.finish(p.publishErr(pc, c.exchange, c.routingKey, err)); c.err != nil {
 			return nil, c.err
 		}
 		return c, nil
@@ -286,7 +316,7 @@ func (p *Publisher) PublishWithDeferredConfirm(ctx context.Context, exchange, ke
 		if mandatory {
 			pc.forget(c.key)
 		}
-		c.finish(p.publishErr(pc, c, err))
+		c.finish(p.publishErr(pc, c.exchange, c.routingKey, err))
 		return nil, c.err
 	}
 	return c, nil
@@ -307,11 +337,11 @@ func (p *Publisher) PublishWithDeferredConfirm(ctx context.Context, exchange, ke
 // corrupt: an exchange, routing key, property or header key (at any depth)
 // over 255 bytes, which amqp091 truncates to its length modulo 256 without
 // an error. The same walk over the table finds them.
-func (p *Publisher) fit(c *Confirmation, msg *amqp091.Publishing, user amqp091.Table, frameMax int) error {
-	if err := amqpframe.ShortString("exchange", c.exchange); err != nil {
+func (p *Publisher) fit(span trace.Span, exchange, key string, msg *amqp091.Publishing, user amqp091.Table, frameMax int) error {
+	if err := amqpframe.ShortString("exchange", exchange); err != nil {
 		return err
 	}
-	if err := amqpframe.ShortString("routing key", c.routingKey); err != nil {
+	if err := amqpframe.ShortString("routing key", key); err != nil {
 		return err
 	}
 	size, err := amqpframe.Size(msg)
@@ -332,11 +362,11 @@ func (p *Publisher) fit(c *Confirmation, msg *amqp091.Publishing, user amqp091.T
 	if err != nil {
 		return err
 	}
-	c.op.Span.AddEvent("tracebridge.headers_dropped", trace.WithAttributes(
+	span.AddEvent("tracebridge.headers_dropped", trace.WithAttributes(
 		droppedHeadersAttr.StringSlice(dropped), frameMaxAttr.Int(frameMax)))
 	if !p.dropLogged.Swap(true) {
 		p.t.Logger.Warn("tracebridge: RabbitMQ publisher dropped tracing headers to fit the message in one frame (logged once per publisher)",
-			"dropped", dropped, "frame_max", frameMax, "exchange", c.exchange, "routing_key", c.routingKey)
+			"dropped", dropped, "frame_max", frameMax, "exchange", exchange, "routing_key", key)
 	}
 	return nil
 }
@@ -369,30 +399,32 @@ func channelFrameMax(ch *amqp091.Channel) int {
 	return int(conn.Elem().FieldByName("Config").FieldByName("FrameSize").Int())
 }
 
-func (p *Publisher) publishErr(pc *pubChannel, c *Confirmation, err error) error {
+func (p *Publisher) publishErr(pc *pubChannel, exchange, key string, err error) error {
 	if err == nil {
 		return nil
 	}
 	if errors.Is(err, amqp091.ErrClosed) || pc.ch.IsClosed() {
-		return fmt.Errorf("amqp: publish to %s: %w: %w", c.where(), ErrDisconnected, err)
+		return fmt.Errorf("amqp: publish to %s: %w: %w", where(exchange, key), ErrDisconnected, err)
 	}
-	return fmt.Errorf("amqp: publish to %s: %w", c.where(), err)
+	return fmt.Errorf("amqp: publish to %s: %w", where(exchange, key), err)
 }
 
-// where names the publish for an error. Only a failed publish needs it, so
+// where names a publish for an error. Only a failed publish needs it, so
 // it is not formatted for every message.
-func (c *Confirmation) where() string {
-	return fmt.Sprintf("exchange %q routing key %q", c.exchange, c.routingKey)
+func where(exchange, key string) string {
+	return fmt.Sprintf("exchange %q routing key %q", exchange, key)
 }
 
-// sendAttrs adds the routing key to a recording send span.
-type sendAttrs Confirmation
+// where names the publish for an error.
+func (c *Confirmation) where() string { return where(c.exchange, c.routingKey) }
 
-func (c *sendAttrs) AppendAttrs(dst []attribute.KeyValue) []attribute.KeyValue {
-	if c.routingKey == "" {
-		return dst
+// routingKeyAttr is the routing-key attribute of a send span; none for an
+// empty key.
+func routingKeyAttr(key string) attribute.KeyValue {
+	if key == "" {
+		return attribute.KeyValue{}
 	}
-	return append(dst, semconv.MessagingRabbitMQDestinationRoutingKey(c.routingKey))
+	return semconv.MessagingRabbitMQDestinationRoutingKey(key)
 }
 
 // Done is closed when the broker has answered (or the channel closed).

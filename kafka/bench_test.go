@@ -3,20 +3,25 @@ package kafka_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"runtime"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	kafkago "github.com/segmentio/kafka-go"
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/baggage"
 	"go.opentelemetry.io/otel/propagation"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tracebridge/tracebridge"
 	"github.com/tracebridge/tracebridge/carrier"
+	"github.com/tracebridge/tracebridge/internal/benchwrap"
 	"github.com/tracebridge/tracebridge/internal/testenv"
 	tbkafka "github.com/tracebridge/tracebridge/kafka"
 	"github.com/tracebridge/tracebridge/sampling"
@@ -75,39 +80,99 @@ func benchHeaders() []kafkago.Header {
 	return hs
 }
 
+// BenchmarkWriter writes batches of 100 messages and single messages
+// (b100, b1) through the raw writer, tracebridge and the hand-written
+// wrappers (hand: the minimal one; handfull: the same with
+// tracebridge's attributes), reporting process CPU time per message.
 func BenchmarkWriter(b *testing.B) {
 	addrs := testenv.Kafka(b)
-	run := func(b *testing.B, w messageWriter, ctx context.Context, headers []kafkago.Header) {
+	run := func(b *testing.B, batch int, w messageWriter, ctx context.Context, headers []kafkago.Header) {
 		defer w.Close()
 		runtime.GC()
-		msgs := make([]kafkago.Message, benchBatch)
+		msgs := make([]kafkago.Message, batch)
 		for i := range msgs {
 			msgs[i] = kafkago.Message{Key: []byte(fmt.Sprintf("key-%03d", i)), Value: make([]byte, 256), Headers: headers}
 		}
 		b.ReportAllocs()
 		b.ResetTimer()
 		start := time.Now()
-		for i := 0; i < b.N; i += benchBatch {
-			if err := w.WriteMessages(ctx, msgs[:min(benchBatch, b.N-i)]...); err != nil {
+		cpu := benchwrap.CPU(b)
+		for i := 0; i < b.N; i += batch {
+			if err := w.WriteMessages(ctx, msgs[:min(batch, b.N-i)]...); err != nil {
 				b.Fatal(err)
 			}
 		}
+		cpu(b.N)
 		b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
 	}
-	writer := func(b *testing.B) *kafkago.Writer {
-		topic, drop := benchTopic(b, addrs, "bench-w")
-		b.Cleanup(drop)
-		raw := rawWriter(addrs, topic)
-		raw.Balancer, raw.BatchSize = onePartition, benchBatch
-		return raw
+	for _, batch := range []int{benchBatch, 1} {
+		writer := func(b *testing.B) *kafkago.Writer {
+			topic, drop := benchTopic(b, addrs, "bench-w")
+			b.Cleanup(drop)
+			raw := rawWriter(addrs, topic)
+			raw.Balancer, raw.BatchSize = onePartition, batch
+			return raw
+		}
+		name := fmt.Sprintf("b%d/", batch)
+		b.Run(name+"raw", func(b *testing.B) { run(b, batch, writer(b), context.Background(), nil) })
+		b.Run(name+"raw-headers", func(b *testing.B) { run(b, batch, writer(b), context.Background(), benchHeaders()) })
+		for _, v := range benchVariants(b) {
+			b.Run(name+v.name, func(b *testing.B) {
+				run(b, batch, tbkafka.NewWriter(writer(b), v.opts...), testenv.Parent(v.sampled), nil)
+			})
+		}
+		for _, h := range benchwrap.Variants() {
+			b.Run(name+h.Name, func(b *testing.B) {
+				tp := benchProvider(b, sdktrace.ParentBased(sdktrace.AlwaysSample()))
+				run(b, batch, &handWriter{Writer: writer(b), w: benchwrap.New(tp, "kafka", h.Full), full: h.Full, addrs: addrs},
+					testenv.Parent(h.Sampled), nil)
+			})
+		}
 	}
-	b.Run("raw", func(b *testing.B) { run(b, writer(b), context.Background(), nil) })
-	b.Run("raw-headers", func(b *testing.B) { run(b, writer(b), context.Background(), benchHeaders()) })
-	for _, v := range benchVariants(b) {
-		b.Run(v.name, func(b *testing.B) {
-			run(b, tbkafka.NewWriter(writer(b), v.opts...), testenv.Parent(v.sampled), nil)
+}
+
+// serverAttrs are server.address and server.port of the first broker.
+func serverAttrs(dst []attribute.KeyValue, addrs []string) []attribute.KeyValue {
+	host, port, _ := net.SplitHostPort(addrs[0])
+	p, _ := strconv.Atoi(port)
+	return append(dst, semconv.ServerAddress(host), semconv.ServerPort(p))
+}
+
+// handWriter is the producer a user writes by hand: a PRODUCER span per
+// message, injected into a copy of the message, ended when the write
+// returns.
+type handWriter struct {
+	*kafkago.Writer
+	w     *benchwrap.Wrapper
+	full  bool
+	addrs []string
+}
+
+func (h *handWriter) WriteMessages(ctx context.Context, msgs ...kafkago.Message) error {
+	out := make([]kafkago.Message, len(msgs))
+	spans := make([]trace.Span, len(msgs))
+	for i := range msgs {
+		out[i] = msgs[i]
+		m := &out[i]
+		m.Headers = m.Headers[:len(m.Headers):len(m.Headers)]
+		_, spans[i] = h.w.Send(ctx, h.Topic, benchwrap.KafkaCarrier{H: &m.Headers}, func(a []attribute.KeyValue) []attribute.KeyValue {
+			a = serverAttrs(a, h.addrs)
+			a = append(a, semconv.MessagingMessageBodySize(len(m.Value)), semconv.MessagingKafkaMessageKey(string(m.Key)))
+			if s := carrier.SessionFromContext(ctx); s != "" {
+				a = append(a, semconv.SessionID(s))
+			}
+			return a
 		})
 	}
+	err := h.Writer.WriteMessages(ctx, out...)
+	for i, s := range spans {
+		if h.full && err == nil {
+			s.SetAttributes(semconv.MessagingDestinationPartitionID(strconv.Itoa(out[i].Partition)),
+				semconv.MessagingKafkaOffset(int(out[i].Offset)))
+		}
+		benchwrap.End(s, err)
+	}
+	return err
 }
 
 // BenchmarkConsume times raw FetchMessage+CommitMessages against the
@@ -142,6 +207,7 @@ func BenchmarkConsume(b *testing.B) {
 		ctx := context.Background()
 		b.ReportAllocs()
 		b.ResetTimer()
+		cpu := benchwrap.CPU(b)
 		var start time.Time
 		for i := range b.N {
 			m, err := r.FetchMessage(ctx)
@@ -155,10 +221,57 @@ func BenchmarkConsume(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
+		cpu(b.N)
 		if b.N > 1 {
 			b.ReportMetric(float64(b.N-1)/time.Since(start).Seconds(), "msgs/s")
 		}
 	})
+	for _, h := range benchwrap.Variants() {
+		// A user's own loop: the CONSUMER span covers the handler and the
+		// commit.
+		b.Run("consumer-"+h.Name, func(b *testing.B) {
+			topic := produce(b, h.Sampled)
+			group := newTopic("g")
+			r := groupReader(addrs, group, 100*time.Millisecond, topic)
+			defer r.Close()
+			hw := benchwrap.New(benchProvider(b, sdktrace.ParentBased(sdktrace.AlwaysSample())), "kafka", h.Full)
+			var n atomic.Int64
+			handler := func(context.Context, kafkago.Message) error { n.Add(1); return nil }
+			ctx := context.Background()
+			b.ReportAllocs()
+			b.ResetTimer()
+			cpu := benchwrap.CPU(b)
+			var start time.Time
+			for i := range b.N {
+				m, err := r.FetchMessage(ctx)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if i == 0 {
+					start = time.Now()
+				}
+				hctx, span := hw.Receive(ctx, m.Topic, benchwrap.KafkaCarrier{H: &m.Headers}, func(a []attribute.KeyValue) []attribute.KeyValue {
+					a = serverAttrs(a, addrs)
+					return append(a, semconv.MessagingConsumerGroupName(group),
+						semconv.MessagingDestinationPartitionID(strconv.Itoa(m.Partition)),
+						semconv.MessagingMessageBodySize(len(m.Value)), semconv.MessagingKafkaOffset(int(m.Offset)),
+						semconv.MessagingKafkaMessageKey(string(m.Key)), attribute.Int("tracebridge.attempt", 1))
+				})
+				err = handler(hctx, m)
+				if err == nil {
+					err = r.CommitMessages(hctx, m)
+				}
+				benchwrap.End(span, err)
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+			cpu(b.N)
+			if b.N > 1 {
+				b.ReportMetric(float64(b.N-1)/time.Since(start).Seconds(), "msgs/s")
+			}
+		})
+	}
 	for _, v := range benchVariants(b) {
 		if v.name == "sampled-nocreate" {
 			continue // a producer option
@@ -183,9 +296,11 @@ func BenchmarkConsume(b *testing.B) {
 			runErr := make(chan error, 1)
 			b.ReportAllocs()
 			b.ResetTimer()
+			cpu := benchwrap.CPU(b)
 			go func() { runErr <- c.Run(ctx) }()
 			<-done
 			end := time.Now()
+			cpu(b.N)
 			b.StopTimer()
 			cancel()
 			if err := <-runErr; err != nil {
@@ -196,31 +311,6 @@ func BenchmarkConsume(b *testing.B) {
 			}
 		})
 	}
-}
-
-// stockCarrier is the carrier a kafka-go user writes for the stock
-// propagators: Set appends, Get returns the first match.
-type stockCarrier struct{ h *[]kafkago.Header }
-
-func (c stockCarrier) Get(key string) string {
-	for _, h := range *c.h {
-		if h.Key == key {
-			return string(h.Value)
-		}
-	}
-	return ""
-}
-
-func (c stockCarrier) Set(key, value string) {
-	*c.h = append(*c.h, kafkago.Header{Key: key, Value: []byte(value)})
-}
-
-func (c stockCarrier) Keys() []string {
-	out := make([]string, len(*c.h))
-	for i, h := range *c.h {
-		out[i] = h.Key
-	}
-	return out
 }
 
 func benchJourney(b *testing.B, sessionAsBaggage bool) context.Context {
@@ -262,7 +352,7 @@ func BenchmarkCarrier(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
 			hs := make([]kafkago.Header, 0, 4)
-			stock.Inject(ctx, stockCarrier{&hs})
+			stock.Inject(ctx, benchwrap.KafkaCarrier{H: &hs})
 		}
 	})
 	b.Run("ours/extract", func(b *testing.B) {
@@ -278,10 +368,10 @@ func BenchmarkCarrier(b *testing.B) {
 	})
 	b.Run("stock/extract", func(b *testing.B) {
 		var hs []kafkago.Header
-		stock.Inject(benchJourney(b, true), stockCarrier{&hs})
+		stock.Inject(benchJourney(b, true), benchwrap.KafkaCarrier{H: &hs})
 		b.ReportAllocs()
 		for b.Loop() {
-			ctx := stock.Extract(context.Background(), stockCarrier{&hs})
+			ctx := stock.Extract(context.Background(), benchwrap.KafkaCarrier{H: &hs})
 			if !trace.SpanContextFromContext(ctx).IsValid() {
 				b.Fatal("no span context")
 			}

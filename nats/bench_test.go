@@ -2,18 +2,22 @@ package nats_test
 
 import (
 	"context"
+	neturl "net/url"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tracebridge/tracebridge"
 	"github.com/tracebridge/tracebridge/carrier"
+	"github.com/tracebridge/tracebridge/internal/benchwrap"
 	"github.com/tracebridge/tracebridge/internal/testenv"
 	tnats "github.com/tracebridge/tracebridge/nats"
 	"github.com/tracebridge/tracebridge/sampling"
@@ -91,12 +95,14 @@ func BenchmarkCorePublish(b *testing.B) {
 		subj := unique(b, "bench")
 		b.ReportAllocs()
 		start := time.Now()
+		cpu := benchwrap.CPU(b)
 		for b.Loop() {
 			if err := nc.Publish(subj, payload); err != nil {
 				b.Fatal(err)
 			}
 		}
 		_ = nc.Flush()
+		cpu(b.N)
 		msgsPerSec(b, start)
 	})
 	b.Run("raw-headers", func(b *testing.B) {
@@ -106,12 +112,14 @@ func BenchmarkCorePublish(b *testing.B) {
 		carrier.NewPropagator().Inject(testenv.Parent(false), tnats.HeaderCarrier(h))
 		b.ReportAllocs()
 		start := time.Now()
+		cpu := benchwrap.CPU(b)
 		for b.Loop() {
 			if err := nc.PublishMsg(&nats.Msg{Subject: subj, Data: payload, Header: h}); err != nil {
 				b.Fatal(err)
 			}
 		}
 		_ = nc.Flush()
+		cpu(b.N)
 		msgsPerSec(b, start)
 	})
 	for _, v := range benchVariants(b) {
@@ -120,13 +128,152 @@ func BenchmarkCorePublish(b *testing.B) {
 			subj := unique(b, "bench")
 			b.ReportAllocs()
 			start := time.Now()
+			cpu := benchwrap.CPU(b)
 			for b.Loop() {
 				if err := c.Publish(v.ctx, subj, payload); err != nil {
 					b.Fatal(err)
 				}
 			}
 			_ = c.Flush()
+			cpu(b.N)
 			msgsPerSec(b, start)
+		})
+	}
+	for _, h := range benchwrap.Variants() {
+		b.Run(h.Name, func(b *testing.B) {
+			nc := connect(b, url)
+			subj := unique(b, "bench")
+			hw := benchwrap.New(benchTP(b), "nats", h.Full)
+			ctx := testenv.Parent(h.Sampled)
+			extra := sendAttrs(ctx, url, len(payload))
+			b.ReportAllocs()
+			start := time.Now()
+			cpu := benchwrap.CPU(b)
+			for b.Loop() {
+				m := &nats.Msg{Subject: subj, Data: payload, Header: nats.Header{}}
+				_, span := hw.Send(ctx, subj, benchwrap.NATSCarrier(m.Header), extra)
+				err := nc.PublishMsg(m)
+				benchwrap.End(span, err)
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+			_ = nc.Flush()
+			cpu(b.N)
+			msgsPerSec(b, start)
+		})
+	}
+}
+
+// benchTP is the hand-written rows' provider, the same SDK setup as
+// benchVariants'.
+func benchTP(b *testing.B) *sdktrace.TracerProvider {
+	tp := sdktrace.NewTracerProvider()
+	b.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	return tp
+}
+
+// serverAttrs are server.address and server.port of url.
+func serverAttrs(dst []attribute.KeyValue, url string) []attribute.KeyValue {
+	u, _ := neturl.Parse(url)
+	p, _ := strconv.Atoi(u.Port())
+	return append(dst, semconv.ServerAddress(u.Hostname()), semconv.ServerPort(p))
+}
+
+// sendAttrs are the attributes tracebridge records on a NATS send span
+// beyond the minimal ones, for the handfull rows.
+func sendAttrs(ctx context.Context, url string, size int) benchwrap.Extra {
+	return func(a []attribute.KeyValue) []attribute.KeyValue {
+		a = serverAttrs(a, url)
+		a = append(a, semconv.MessagingMessageBodySize(size))
+		if s := carrier.SessionFromContext(ctx); s != "" {
+			a = append(a, semconv.SessionID(s))
+		}
+		return a
+	}
+}
+
+// receiveAttrs are the attributes tracebridge records on a NATS process
+// span beyond the minimal ones.
+func receiveAttrs(url string, m *nats.Msg, group string) benchwrap.Extra {
+	return func(a []attribute.KeyValue) []attribute.KeyValue {
+		a = serverAttrs(a, url)
+		if group != "" {
+			a = append(a, semconv.MessagingConsumerGroupName(group))
+		}
+		return append(a, semconv.MessagingMessageBodySize(len(m.Data)), attribute.Int("tracebridge.attempt", 1))
+	}
+}
+
+// BenchmarkCoreSubscribe publishes b.N messages carrying a journey (from
+// a second connection) to a subscriber: raw, tracebridge's Subscribe and
+// the hand-written one. The publishing side is the same in every row.
+func BenchmarkCoreSubscribe(b *testing.B) {
+	url := testenv.NATS(b)
+	payload := make([]byte, 128)
+	run := func(b *testing.B, sampled bool, subscribe func(nc *nats.Conn, subj string, n *atomic.Int64) (*nats.Subscription, error)) {
+		nc, pub := connect(b, url), connect(b, url)
+		subj := unique(b, "benchsub")
+		h := nats.Header{}
+		carrier.NewPropagator().Inject(testenv.Parent(sampled), tnats.HeaderCarrier(h))
+		var n atomic.Int64
+		sub, err := subscribe(nc, subj, &n)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := sub.SetPendingLimits(-1, -1); err != nil {
+			b.Fatal(err)
+		}
+		if err := nc.Flush(); err != nil {
+			b.Fatal(err)
+		}
+		b.ReportAllocs()
+		b.ResetTimer()
+		start := time.Now()
+		cpu := benchwrap.CPU(b)
+		for range b.N {
+			if err := pub.PublishMsg(&nats.Msg{Subject: subj, Data: payload, Header: h}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		_ = pub.Flush()
+		deadline := time.Now().Add(2 * time.Minute)
+		for n.Load() < int64(b.N) {
+			if time.Now().After(deadline) {
+				b.Fatalf("received %d of %d", n.Load(), b.N)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		cpu(b.N)
+		msgsPerSec(b, start)
+	}
+	for _, sampled := range []bool{false, true} {
+		mode := "unsampled"
+		if sampled {
+			mode = "sampled"
+		}
+		b.Run("raw-"+mode, func(b *testing.B) {
+			run(b, sampled, func(nc *nats.Conn, subj string, n *atomic.Int64) (*nats.Subscription, error) {
+				return nc.Subscribe(subj, func(m *nats.Msg) { _ = m.Header; n.Add(1) })
+			})
+		})
+		b.Run(mode, func(b *testing.B) {
+			tp := benchTP(b)
+			run(b, sampled, func(nc *nats.Conn, subj string, n *atomic.Int64) (*nats.Subscription, error) {
+				return tnats.Wrap(nc, tracebridge.WithTracerProvider(tp)).Subscribe(subj, func(context.Context, *nats.Msg) { n.Add(1) })
+			})
+		})
+	}
+	for _, h := range benchwrap.Variants() {
+		b.Run(h.Name, func(b *testing.B) {
+			hw := benchwrap.New(benchTP(b), "nats", h.Full)
+			run(b, h.Sampled, func(nc *nats.Conn, subj string, n *atomic.Int64) (*nats.Subscription, error) {
+				return nc.Subscribe(subj, func(m *nats.Msg) {
+					_, span := hw.Receive(context.Background(), m.Subject, benchwrap.NATSCarrier(m.Header), receiveAttrs(url, m, ""))
+					n.Add(1)
+					span.End()
+				})
+			})
 		})
 	}
 }
@@ -147,6 +294,7 @@ func BenchmarkJetStream(b *testing.B) {
 		var n atomic.Int64
 		b.ReportAllocs()
 		start := time.Now()
+		cpu := benchwrap.CPU(b)
 		cc, err := consume(cons, &n)
 		if err != nil {
 			b.Fatal(err)
@@ -160,6 +308,7 @@ func BenchmarkJetStream(b *testing.B) {
 		for n.Load() < int64(b.N) {
 			time.Sleep(time.Millisecond)
 		}
+		cpu(b.N)
 		msgsPerSec(b, start)
 	}
 	b.Run("raw", func(b *testing.B) {
@@ -218,6 +367,32 @@ func BenchmarkJetStream(b *testing.B) {
 	}
 	for _, v := range benchVariants(b) {
 		b.Run(v.name, wrapped(v, false))
+	}
+	for _, h := range benchwrap.Variants() {
+		b.Run(h.Name, func(b *testing.B) {
+			var js jetstream.JetStream
+			hw := benchwrap.New(benchTP(b), "nats", h.Full)
+			ctx := testenv.Parent(h.Sampled)
+			extra := sendAttrs(ctx, url, len(payload))
+			run(b, func(subj string) error {
+				m := &nats.Msg{Subject: subj, Data: payload, Header: nats.Header{}}
+				_, span := hw.Send(ctx, subj, benchwrap.NATSCarrier(m.Header), extra)
+				_, err := js.PublishMsgAsync(m)
+				benchwrap.End(span, err)
+				return err
+			}, func(cons jetstream.Consumer, n *atomic.Int64) (jetstream.ConsumeContext, error) {
+				js, _ = jetstream.New(connect(b, url))
+				return cons.Consume(func(m jetstream.Msg) {
+					var extra benchwrap.Extra
+					if h.Full {
+						extra = receiveAttrs(url, &nats.Msg{Data: m.Data()}, "c")
+					}
+					_, span := hw.Receive(context.Background(), m.Subject(), benchwrap.NATSCarrier(m.Headers()), extra)
+					n.Add(1)
+					benchwrap.End(span, m.Ack())
+				})
+			})
+		})
 	}
 	// WrapJetStream waits for each async publish's ack on a goroutine.
 	b.Run("unsampled-wrapjetstream", wrapped(benchVariants(b)[0], true))

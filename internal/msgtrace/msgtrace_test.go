@@ -282,3 +282,38 @@ func TestPassThroughAttemptIsNoPreviousAttempt(t *testing.T) {
 		t.Fatalf("%d spans ended", n)
 	}
 }
+
+// TestSettleEventAllocations checks that a successful settle is the same
+// event it always was (operation name and type settle) and that recording
+// it costs no more than the SDK's own copy of the event and the variadic
+// option slice: every message settles, and building the attribute slice
+// and its option per message cost two allocations more.
+func TestSettleEventAllocations(t *testing.T) {
+	tr, tel := newTracer(t)
+	c, _ := send(t, tr, context.Background())
+	ctx, p := tr.StartProcess(context.Background(), msgtrace.Delivery{Message: msgtrace.Message{Destination: "orders"}, Carrier: c})
+	p.Settle(ctx, "commit", nil)
+	// The SDK keeps at most 128 events and evicts the oldest; a full queue
+	// allocates nothing more of its own, so what is counted is Settle's.
+	for range 200 {
+		p.Settle(ctx, "commit", nil)
+	}
+	allocs := testing.AllocsPerRun(200, func() { p.Settle(ctx, "commit", nil) })
+	t.Logf("a successful settle allocates %.1f times", allocs)
+	p.End(ctx, nil, false)
+	s := spanByName(tel, "process orders")[0]
+	ev := s.Events()[len(s.Events())-1]
+	if ev.Name != "settle" {
+		t.Fatalf("last event %q, want settle", ev.Name)
+	}
+	got := map[string]string{}
+	for _, a := range ev.Attributes {
+		got[string(a.Key)] = a.Value.String()
+	}
+	if got["messaging.operation.name"] != "commit" || got["messaging.operation.type"] != "settle" || len(got) != 2 {
+		t.Errorf("settle event attributes %v, want operation name commit and type settle", got)
+	}
+	if allocs > 2 {
+		t.Errorf("a successful settle allocates %.1f times, want at most 2", allocs)
+	}
+}

@@ -224,6 +224,18 @@ func (p *Process) NextRetry() int {
 	return min(max(p.Attempt, p.claim)+1, max(p.t.MaxAttempts, 2))
 }
 
+// settledOK are the event options of the successful settle operations the
+// front ends use, built once: every message settles, and building the
+// attribute slice and its option costs two allocations each time. The SDK
+// copies event attributes, so sharing them is safe. Read-only after init.
+var settledOK = map[string]trace.EventOption{}
+
+func init() {
+	for _, op := range []string{"ack", "nack", "nak", "term", "commit"} {
+		settledOK[op] = trace.WithAttributes(semconv.MessagingOperationName(op), semconv.MessagingOperationTypeSettle)
+	}
+}
+
 // Settle records a settle operation (ack, nack, commit, term) with its
 // outcome: an event on the process span, or a span of its own with
 // WithSettleSpans.
@@ -231,6 +243,12 @@ func (p *Process) Settle(ctx context.Context, op string, err error) {
 	if p.parentOnly || !p.t.SettleSpans && !p.Span.IsRecording() {
 		// A settle span's parent would be the unsampled creation context.
 		return
+	}
+	if err == nil && !p.t.SettleSpans {
+		if opt, ok := settledOK[op]; ok {
+			p.Span.AddEvent("settle", opt)
+			return
+		}
 	}
 	attrs := []attribute.KeyValue{semconv.MessagingOperationName(op), semconv.MessagingOperationTypeSettle}
 	if err != nil {

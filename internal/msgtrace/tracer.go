@@ -127,6 +127,11 @@ type Message struct {
 	// Attrs are broker-specific attributes (Kafka key and offset, RabbitMQ
 	// routing key and delivery tag) added as they are.
 	Attrs []attribute.KeyValue
+	// Attr is one more broker-specific attribute (the RabbitMQ routing
+	// key), held by value: unlike Attrs or Lazy it costs no allocation,
+	// and it is added only when the span records. Unset (no key) adds
+	// nothing.
+	Attr attribute.KeyValue
 	// Lazy adds broker-specific attributes too, but is asked only when the
 	// span records: building them (a key converted to a string, a slice to
 	// hold them) is what an unsampled message should not pay for. A front
@@ -147,7 +152,7 @@ func setRecorded(span trace.Span, m *Message, more ...attribute.KeyValue) {
 	if !span.IsRecording() {
 		return
 	}
-	n := 3 + len(m.Attrs) + len(more)
+	n := 4 + len(m.Attrs) + len(more)
 	if m.Lazy != nil {
 		n += 3 // every front end's appender adds at most three
 	}
@@ -162,6 +167,9 @@ func setRecorded(span trace.Span, m *Message, more ...attribute.KeyValue) {
 		a = append(a, semconv.MessagingMessageBodySize(m.BodySize))
 	}
 	a = append(a, m.Attrs...)
+	if m.Attr.Key != "" {
+		a = append(a, m.Attr)
+	}
 	if m.Lazy != nil {
 		a = m.Lazy.AppendAttrs(a)
 	}

@@ -1,0 +1,110 @@
+// Command benchtable turns the round files of rounds.sh into the README's
+// cost table: per path and mode, the overhead above the raw client of
+// tracebridge and of the two hand-written wrappers, in process CPU time
+// and allocations per message, as medians over the rounds with the
+// spread (min–max) of the per-round values.
+//
+//	go run ./internal/benchwrap/benchtable /tmp/out/round-*.txt
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// sample is one row's numbers in one round.
+type sample struct{ cpu, allocs float64 }
+
+var line = regexp.MustCompile(`^(Benchmark\S+?)(-\d+)?\s+\d+\s+.*?([\d.]+) cpu-µs/msg.*?(\d+) allocs/op`)
+
+func main() {
+	// rounds[path][row] holds one sample per round.
+	rounds := map[string]map[string][]sample{}
+	var order []string
+	for _, name := range os.Args[1:] {
+		pkg := ""
+		f, err := os.Open(name)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if p, ok := strings.CutPrefix(sc.Text(), "pkg: "); ok {
+				pkg = p[strings.LastIndex(p, "/")+1:]
+			}
+			m := line.FindStringSubmatch(sc.Text())
+			if m == nil {
+				continue
+			}
+			i := strings.LastIndex(m[1], "/")
+			path, row := pkg+" "+strings.TrimPrefix(m[1][:i], "Benchmark"), m[1][i+1:]
+			row = strings.TrimPrefix(strings.TrimPrefix(row, "consumer-"), "wrapped-")
+			cpu, _ := strconv.ParseFloat(m[3], 64)
+			allocs, _ := strconv.ParseFloat(m[4], 64)
+			if rounds[path] == nil {
+				rounds[path] = map[string][]sample{}
+				order = append(order, path)
+			}
+			rounds[path][row] = append(rounds[path][row], sample{cpu, allocs})
+		}
+		f.Close()
+	}
+	fmt.Println("| path | mode | tracebridge CPU µs | hand CPU µs | hand+attrs CPU µs | tracebridge allocs | hand allocs | hand+attrs allocs | tb/hand+attrs CPU (median ratio) |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|")
+	for _, path := range order {
+		rows := rounds[path]
+		for _, mode := range []string{"unsampled", "sampled"} {
+			raw := rows["raw"]
+			if raw == nil {
+				raw = rows["raw-"+mode]
+			}
+			tb, hand, full := rows[mode], rows["hand-"+mode], rows["handfull-"+mode]
+			if raw == nil || tb == nil || hand == nil || full == nil {
+				continue
+			}
+			cpu := func(s []sample) string { return spread(over(s, raw, func(x sample) float64 { return x.cpu }), 1) }
+			al := func(s []sample) string { return spread(over(s, raw, func(x sample) float64 { return x.allocs }), 0) }
+			tbo := over(tb, raw, func(x sample) float64 { return x.cpu })
+			fo := over(full, raw, func(x sample) float64 { return x.cpu })
+			var ratios []float64
+			for i := range min(len(tbo), len(fo)) {
+				ratios = append(ratios, tbo[i]/fo[i])
+			}
+			fmt.Printf("| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", path, mode,
+				cpu(tb), cpu(hand), cpu(full), al(tb), al(hand), al(full), spread(ratios, 2))
+		}
+	}
+}
+
+// over is each round's value of s minus the raw row's in the same round.
+func over(s, raw []sample, v func(sample) float64) []float64 {
+	var out []float64
+	for i := range min(len(s), len(raw)) {
+		out = append(out, v(s[i])-v(raw[i]))
+	}
+	return out
+}
+
+// spread formats the median of xs with its min–max.
+func spread(xs []float64, prec int) string {
+	if len(xs) == 0 {
+		return "–"
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	med := s[len(s)/2]
+	if len(s)%2 == 0 {
+		med = (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	if len(s) == 1 {
+		return strconv.FormatFloat(med, 'f', prec, 64)
+	}
+	return fmt.Sprintf("%s (%s…%s)", strconv.FormatFloat(med, 'f', prec, 64),
+		strconv.FormatFloat(s[0], 'f', prec, 64), strconv.FormatFloat(s[len(s)-1], 'f', prec, 64))
+}

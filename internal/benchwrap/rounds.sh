@@ -1,0 +1,34 @@
+#!/bin/sh
+# rounds.sh OUT ROUNDS: builds the broker packages' benchmark binaries once
+# and runs the yardstick rows (raw client, tracebridge, the hand-written
+# wrappers) in ROUNDS interleaved rounds, one output file per round in
+# OUT. `go run ./internal/benchwrap/benchtable OUT/round-*.txt` then
+# turns them into the README's table. Needs the brokers of internal/testenv.
+set -eu
+out=${1:?out dir}
+rounds=${2:-5}
+root=$(cd "$(dirname "$0")/../.." && pwd)
+mkdir -p "$out"
+for p in kafka nats amqp; do
+	(cd "$root" && go test -c -o "$out/$p.test" "./$p")
+done
+rows='^(raw|raw-unsampled|raw-sampled|unsampled|sampled|wrapped-unsampled|wrapped-sampled|consumer-unsampled|consumer-sampled|(consumer-)?hand(full)?-(un)?sampled)$'
+bench() { # package, benchmark regexp, iterations
+	(cd "$root/$1" && TRACEBRIDGE_REQUIRE_BROKERS=1 "$out/$1.test" -test.run '^$' -test.benchmem \
+		-test.bench "$2/$rows" -test.benchtime "$3x")
+}
+r=1
+while [ "$r" -le "$rounds" ]; do
+	f="$out/round-$r.txt"
+	: >"$f"
+	bench kafka 'BenchmarkWriter/b100' 5000 >>"$f"
+	bench kafka 'BenchmarkWriter/b1$' 2000 >>"$f"
+	bench kafka 'BenchmarkConsume' 3000 >>"$f"
+	bench nats 'BenchmarkCorePublish' 20000 >>"$f"
+	bench nats 'BenchmarkCoreSubscribe' 20000 >>"$f"
+	bench nats 'BenchmarkJetStream' 5000 >>"$f"
+	bench amqp 'BenchmarkPublish/noconfirm' 5000 >>"$f"
+	bench amqp 'BenchmarkPublish/^confirm$' 2000 >>"$f"
+	bench amqp 'BenchmarkConsume' 2000 >>"$f"
+	r=$((r + 1))
+done

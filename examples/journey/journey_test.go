@@ -194,6 +194,15 @@ func runDemo(t *testing.T, bin string, env ...string) (stdout, stderr string, er
 	return o.String(), e.String(), err
 }
 
+// demoLock keeps t's demo runs apart from those of any other test process
+// on the machine (another checkout's CI, say). Kafka and NATS are the
+// test's own, but RabbitMQ is shared and the payments queue has the same
+// name on every run: two runs at once share its deliveries, and each
+// settles and skips the other's messages as leftovers, so neither journey
+// finishes. Taken before the RabbitMQ lock, so that waiting for it does
+// not hold off a test that restarts the node.
+func demoLock(t *testing.T) { testenv.Exclusive(t, "journey-demo") }
+
 var headerLine = regexp.MustCompile(`(?m)^session (\S+)\s+trace ([0-9a-f]{32})\s+(\d+) spans$`)
 
 // The issue's acceptance test: three runs in a row, each one trace at the
@@ -201,6 +210,7 @@ var headerLine = regexp.MustCompile(`(?m)^session (\S+)\s+trace ([0-9a-f]{32})\s
 // system, one session and the retry link; leftovers of earlier runs in the
 // fixed-name destinations do not join it.
 func TestDemoExportsWholeJourneyThreeRunsInARow(t *testing.T) {
+	demoLock(t)
 	amqpURL := testenv.AMQP(t)
 	brokers := testenv.Kafka(t)
 	natsSrv := testenv.EmbeddedNATS(t, testenv.NATSConfig{})
@@ -412,6 +422,7 @@ func checkREADMEDiagram(t *testing.T, names map[string]bool) {
 // A failed export fails the run, and the verdict says how many spans the
 // endpoint accepted instead of claiming success.
 func TestDemoReportsFailedExport(t *testing.T) {
+	demoLock(t)
 	amqpURL := testenv.AMQP(t)
 	recv := newOTLPReceiver(t, http.StatusBadRequest)
 	bin := buildDemo(t)

@@ -14,7 +14,6 @@ import (
 	"net/url"
 	"os"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -95,24 +94,6 @@ func AMQPURL() string { return envOr("AMQP_URL", DefaultAMQPURL) }
 
 // NATSURL returns NATS_URL or the local default.
 func NATSURL() string { return envOr("NATS_URL", DefaultNATSURL) }
-
-// AMQP returns the RabbitMQ URL for t, skipping (or failing) t when nothing
-// listens there.
-func AMQP(t testing.TB) string {
-	t.Helper()
-	u := reachableAMQP(t)
-	lockAMQP(t, syscall.LOCK_SH)
-	return u
-}
-
-func reachableAMQP(t testing.TB) string {
-	t.Helper()
-	u := AMQPURL()
-	if err := dialURL(u, "5672"); err != nil {
-		unreachable(t, "RabbitMQ at "+redact(u), err)
-	}
-	return u
-}
 
 // NATS returns the NATS URL for t, skipping (or failing) t when nothing
 // listens there.

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/tracebridge/tracebridge"
 	"github.com/tracebridge/tracebridge/jobs"
 )
@@ -32,6 +34,7 @@ func TestShutdownAccountsForEveryJob(t *testing.T) {
 	var violations []string
 	start := time.Now()
 	for round := range rounds {
+		leaks := goleak.IgnoreCurrent()
 		l := newLedger()
 		r := jobs.New(jobs.Config{QueueSize: perRound, ShutdownGrace: grace, Timeout: -1, DeadJob: l.deadJob},
 			tracebridge.WithConcurrency(8), tracebridge.WithRetry(3, time.Millisecond, 2*time.Millisecond))
@@ -80,7 +83,7 @@ func TestShutdownAccountsForEveryJob(t *testing.T) {
 		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("round %d: shutdown: %v", round, err)
 		}
-		if err := l.quiesce(5 * time.Second); err != nil {
+		if err := l.quiesce(5*time.Second, leaks); err != nil {
 			t.Fatalf("round %d: %v", round, err)
 		}
 		v, c := l.audit(accepted, nil, unrun)

@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/tracebridge/tracebridge/jobs"
 )
 
@@ -87,17 +89,24 @@ func (l *ledger) deadJob(_ context.Context, j *jobs.Job, _ error) {
 	l.logLocked(string(j.Payload)).dead++
 }
 
-// quiesce waits until no handler runs, so that an abandoned handler's
-// late return has happened before audit.
-func (l *ledger) quiesce(within time.Duration) error {
+// quiesce waits until no handler runs and every goroutine that leaks does
+// not ignore (the runner's, when leaks was taken before jobs.New) is gone,
+// so that an abandoned handler's late start and return have happened
+// before audit. No handler running is not enough: a worker that took its
+// job but had not yet called the handler when Shutdown reported it calls
+// it later, on a loaded machine after any wait for running handlers.
+func (l *ledger) quiesce(within time.Duration, leaks goleak.Option) error {
 	deadline := time.Now().Add(within)
-	for l.active.Load() > 0 {
+	for {
+		err := goleak.Find(leaks)
+		if l.active.Load() == 0 && err == nil {
+			return nil
+		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%d handlers still running after %v", l.active.Load(), within)
+			return fmt.Errorf("%d handlers still running after %v; goroutines: %v", l.active.Load(), within, err)
 		}
 		time.Sleep(time.Millisecond)
 	}
-	return nil
 }
 
 // counts summarises a ledger for logs.

@@ -316,13 +316,10 @@ func (m *runnerModel) finish(t *rapid.T) {
 		}
 	}
 	m.mu.Unlock()
-	if err := m.l.quiesce(5 * time.Second); err != nil {
-		t.Fatal(err)
-	}
 	// Once the workers are gone, every late outcome has been ignored (or
 	// wrongly recorded) and the ledger is final.
-	if err := goleak.Find(m.leaks); err != nil {
-		t.Fatalf("goroutines left after Shutdown and every handler returned: %v", err)
+	if err := m.l.quiesce(5*time.Second, m.leaks); err != nil {
+		t.Fatalf("after Shutdown and every handler's release: %v", err)
 	}
 	v, c := m.l.audit(m.acc, m.rej, m.report)
 	modelTotals.add(c, len(m.rej))

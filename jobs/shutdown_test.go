@@ -5,11 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/goleak"
 
 	"github.com/tracebridge/tracebridge"
@@ -292,10 +295,11 @@ func TestShutdownHandlerOutcomes(t *testing.T) {
 			if c.late == returnedFirst {
 				t.Fatalf("handler returned before Shutdown: %v, want %v", returnedFirst, !c.late)
 			}
-			if err := l.quiesce(5 * time.Second); err != nil {
+			// The late worker has exited too: its outcome is recorded or
+			// not by now.
+			if err := l.quiesce(5*time.Second, leaks); err != nil {
 				t.Fatal(err)
 			}
-			goleak.VerifyNone(t, leaks) // the late worker has exited too: its outcome is recorded or not by now
 
 			if v, _ := l.audit([]string{"job"}, nil, unrun); len(v) > 0 {
 				t.Fatalf("contract violated: %v (report %+v)", v, unrun)
@@ -355,4 +359,68 @@ func TestShutdownLeavesNoGoroutines(t *testing.T) {
 		t.Fatalf("shutdown: %d unrun (%v), want all 8 jobs", len(unrun), err)
 	}
 	goleak.VerifyNone(t, leaks)
+}
+
+// gatedProcessSpans is a TracerProvider whose "process" spans start only
+// once gate is closed, announcing each wait on waiting: a worker that took
+// a job and is about to call its handler, held there as the scheduler of
+// a loaded machine may hold it.
+type gatedProcessSpans struct {
+	trace.TracerProvider
+	waiting chan<- struct{}
+	gate    <-chan struct{}
+}
+
+func (p gatedProcessSpans) Tracer(name string, opts ...trace.TracerOption) trace.Tracer {
+	return gatedTracer{p.TracerProvider.Tracer(name, opts...), p}
+}
+
+type gatedTracer struct {
+	trace.Tracer
+	p gatedProcessSpans
+}
+
+func (g gatedTracer) Start(ctx context.Context, name string, opts ...trace.SpanStartOption) (context.Context, trace.Span) {
+	if strings.HasPrefix(name, "process ") {
+		g.p.waiting <- struct{}{}
+		<-g.p.gate
+	}
+	return g.Tracer.Start(ctx, name, opts...)
+}
+
+// TestShutdownReportsAJobItsWorkerHadNotStarted: a worker takes a job and
+// is held before its handler begins while Shutdown's deadline and grace
+// pass. Whatever Shutdown reports about that job, and whatever the
+// handler then does, must agree with the contract once every goroutine of
+// the runner is gone, as audit checks.
+func TestShutdownReportsAJobItsWorkerHadNotStarted(t *testing.T) {
+	leaks := goleak.IgnoreCurrent()
+	l := newLedger()
+	waiting, gate := make(chan struct{}, 1), make(chan struct{})
+	tp := gatedProcessSpans{TracerProvider: sdktrace.NewTracerProvider(), waiting: waiting, gate: gate}
+	r := jobs.New(jobs.Config{ShutdownGrace: time.Millisecond, Timeout: -1, DeadJob: l.deadJob},
+		tracebridge.WithConcurrency(1), tracebridge.WithTracerProvider(tp))
+	_ = r.Register("k", func(ctx context.Context, j *jobs.Job) (err error) {
+		l.start(j)
+		defer func() { l.end(j, err) }()
+		return nil
+	})
+	if _, err := r.Enqueue(context.Background(), "k", []byte("job")); err != nil {
+		t.Fatal(err)
+	}
+	<-waiting // taken, its handler not begun
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+	defer cancel()
+	unrun, err := r.Shutdown(ctx)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("shutdown: %v, want DeadlineExceeded", err)
+	}
+	// The worker goes on well after Shutdown returned.
+	time.AfterFunc(50*time.Millisecond, func() { close(gate) })
+	if err := l.quiesce(5*time.Second, leaks); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := l.audit([]string{"job"}, nil, unrun); len(v) > 0 {
+		t.Fatalf("contract violated: %v (report %+v)", v, unrun)
+	}
 }

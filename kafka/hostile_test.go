@@ -107,17 +107,29 @@ func TestHostileHeadersBoundedRetention(t *testing.T) {
 	}
 	t.Logf("extract of a %d-byte header: %v", hostileSize, testenv.TimeExtract(tbkafka.NewCarrier(&sample)))
 	cluster.ApplyRetention()
-	before := testenv.HeapAfterGC()
 
+	// Two windows of n messages, and the smaller growth is checked. kfake
+	// serves from this heap: on a loaded machine a fetch can outlast its
+	// read deadline, and the connection kafka-go opens in its place grows
+	// its buffers (kfake's side and kafka-go's) to the message size, about
+	// 1.5 MiB (3 of 24 windows with four copies of this test at once). The
+	// once-only allowance covers one such reconnect, not two. A message
+	// retaining its headers shows in both windows; a reconnect in one.
 	const n = 64
-	for i := 1; i <= n; i++ {
-		if err := send(i, hostileSize); err != nil {
-			t.Fatal(err)
+	growth := make([]int64, 2)
+	for w := range growth {
+		before := testenv.HeapAfterGC()
+		for i := w*n + 1; i <= (w+1)*n; i++ {
+			if err := send(i, hostileSize); err != nil {
+				t.Fatal(err)
+			}
 		}
+		waitHandled((w+1)*n + 1)
+		cluster.ApplyRetention()
+		growth[w] = int64(testenv.HeapAfterGC()) - int64(before)
+		t.Logf("window %d: %d messages retained %d bytes each", w+1, n, growth[w]/n)
 	}
-	waitHandled(n + 1)
-	cluster.ApplyRetention()
-	testenv.CheckRetained(t, before, n, hostileSize)
+	testenv.CheckGrowth(t, min(growth[0], growth[1]), n, hostileSize)
 	runtime.KeepAlive(c)
 	stop()
 	mu.Lock()

@@ -87,8 +87,13 @@ func HeapAfterGC() uint64 {
 func CheckRetained(t testing.TB, before uint64, n, size int) {
 	t.Helper()
 	after := HeapAfterGC()
-	growth := int64(after) - int64(before)
-	t.Logf("%d messages retained %d bytes each (heap %d -> %d)", n, growth/int64(n), before, after)
+	t.Logf("%d messages retained %d bytes each (heap %d -> %d)", n, (int64(after)-int64(before))/int64(n), before, after)
+	CheckGrowth(t, int64(after)-int64(before), n, size)
+}
+
+// CheckGrowth is CheckRetained for a heap growth measured by the caller.
+func CheckGrowth(t testing.TB, growth int64, n, size int) {
+	t.Helper()
 	if limit := int64(n)*MaxRetainedPerHostileMessage + 2*int64(size); growth > limit {
 		t.Fatalf("%d messages with hostile headers retained %d bytes (%d each), bound %d (%d each and %d once)",
 			n, growth, growth/int64(n), limit, MaxRetainedPerHostileMessage, 2*size)

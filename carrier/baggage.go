@@ -508,6 +508,26 @@ func buildBaggage(ms []bagMember, skip int, sess string) baggage.Baggage {
 	if len(members) == 0 {
 		return baggage.Baggage{}
 	}
-	b, _ := baggage.New(members...)
+	// The members were each within the limits, but the session member
+	// added to them can take the whole past 8192 bytes, and baggage.New
+	// then returns nothing at all: drop whole members, largest first,
+	// never the session's, until the rest fits.
+	b, err := baggage.New(members...)
+	for err != nil && len(members) > 1 {
+		largest := -1
+		for i, m := range members {
+			if m.Key() == BaggageSessionKey && sess != "" {
+				continue
+			}
+			if largest < 0 || len(m.String()) > len(members[largest].String()) {
+				largest = i
+			}
+		}
+		if largest < 0 {
+			break
+		}
+		members = slices.Delete(members, largest, largest+1)
+		b, err = baggage.New(members...)
+	}
 	return b
 }

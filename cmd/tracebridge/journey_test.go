@@ -56,6 +56,9 @@ var (
 // and runs it once per test process.
 func runDemo(t *testing.T) demoRun {
 	t.Helper()
+	// The demo uses fixed queue names on the shared RabbitMQ: one demo at a
+	// time on the machine, as in examples/journey.
+	testenv.Exclusive(t, "journey-demo")
 	amqpURL := testenv.AMQP(t)
 	brokers := testenv.Kafka(t)
 	natsSrv := testenv.EmbeddedNATS(t, testenv.NATSConfig{})

@@ -175,109 +175,138 @@ func (h *handWriter) WriteMessages(ctx context.Context, msgs ...kafkago.Message)
 	return err
 }
 
+// benchProduce fills a new topic with n messages carrying the journey of an
+// unsampled or sampled parent, for one consume row.
+func benchProduce(b *testing.B, addrs []string, sampled bool, n int) string {
+	topic, drop := benchTopic(b, addrs, "bench-c")
+	b.Cleanup(drop)
+	w := tbkafka.NewWriter(rawWriter(addrs, topic), tracebridge.WithTracerProvider(benchProvider(b, sdktrace.ParentBased(sdktrace.AlwaysSample()))))
+	defer w.Close()
+	msgs := make([]kafkago.Message, 1000)
+	for i := range msgs {
+		msgs[i] = kafkago.Message{Key: []byte(fmt.Sprintf("key-%03d", i%100)), Value: make([]byte, 256)}
+	}
+	ctx := testenv.Parent(sampled)
+	for i := 0; i < n; i += len(msgs) {
+		if err := w.WriteMessages(ctx, msgs[:min(len(msgs), n-i)]...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	runtime.GC()
+	return topic
+}
+
+// benchRate reports the rate from the first message on, so the group join
+// is not part of it.
+func benchRate(b *testing.B, start time.Time) {
+	if b.N > 1 {
+		b.ReportMetric(float64(b.N-1)/time.Since(start).Seconds(), "msgs/s")
+	}
+}
+
+// rawReaderLoop is the raw client's own loop: fetch, handle, commit.
+func rawReaderLoop(b *testing.B, addrs []string) {
+	topic := benchProduce(b, addrs, false, b.N)
+	r := groupReader(addrs, newTopic("g"), 100*time.Millisecond, topic)
+	defer r.Close()
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.ResetTimer()
+	cpu := benchwrap.CPU(b)
+	var start time.Time
+	for i := range b.N {
+		m, err := r.FetchMessage(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if i == 0 {
+			start = time.Now()
+		}
+		if err := r.CommitMessages(ctx, m); err != nil {
+			b.Fatal(err)
+		}
+	}
+	cpu(b.N)
+	benchRate(b, start)
+}
+
+// handConsumerAttrs are the attributes tracebridge records on the process
+// span of m, for the hand + attrs rows.
+func handConsumerAttrs(a []attribute.KeyValue, addrs []string, group string, m *kafkago.Message) []attribute.KeyValue {
+	a = serverAttrs(a, addrs)
+	return append(a, semconv.MessagingConsumerGroupName(group),
+		semconv.MessagingDestinationPartitionID(strconv.Itoa(m.Partition)),
+		semconv.MessagingMessageBodySize(len(m.Value)), semconv.MessagingKafkaOffset(int(m.Offset)),
+		semconv.MessagingKafkaMessageKey(string(m.Key)), attribute.Int("tracebridge.attempt", 1))
+}
+
+// handReaderLoop is a user's own loop with the hand-written wrapper h: the
+// CONSUMER span covers the handler and the commit. It is the yardstick of
+// both the Consumer and the traced Reader loop.
+func handReaderLoop(b *testing.B, addrs []string, h benchwrap.Variant) {
+	topic := benchProduce(b, addrs, h.Sampled, b.N)
+	group := newTopic("g")
+	r := groupReader(addrs, group, 100*time.Millisecond, topic)
+	defer r.Close()
+	hw := benchwrap.New(benchProvider(b, sdktrace.ParentBased(sdktrace.AlwaysSample())), "kafka", h.Full)
+	var n atomic.Int64
+	handler := func(context.Context, kafkago.Message) error { n.Add(1); return nil }
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.ResetTimer()
+	cpu := benchwrap.CPU(b)
+	var start time.Time
+	for i := range b.N {
+		m, err := r.FetchMessage(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if i == 0 {
+			start = time.Now()
+		}
+		hctx, span := hw.Receive(ctx, m.Topic, benchwrap.KafkaCarrier{H: &m.Headers}, func(a []attribute.KeyValue) []attribute.KeyValue {
+			return handConsumerAttrs(a, addrs, group, &m)
+		})
+		err = handler(hctx, m)
+		if err == nil {
+			err = r.CommitMessages(hctx, m)
+		}
+		benchwrap.End(span, err)
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	cpu(b.N)
+	benchRate(b, start)
+}
+
+// defaultVariants are the unsampled and sampled rows with default options,
+// the ones the README's table compares.
+func defaultVariants(b *testing.B) []benchVariant {
+	var out []benchVariant
+	for _, v := range benchVariants(b) {
+		if v.name == "unsampled" || v.name == "sampled" {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
 // BenchmarkConsume times raw FetchMessage+CommitMessages against the
 // traced Consumer over the same pre-produced messages, from the first
 // message on, so the group join is not part of the rate.
 func BenchmarkConsume(b *testing.B) {
 	addrs := testenv.Kafka(b)
-	// produce fills a new topic with b.N messages carrying the journey of an
-	// unsampled or sampled parent.
-	produce := func(b *testing.B, sampled bool) string {
-		topic, drop := benchTopic(b, addrs, "bench-c")
-		b.Cleanup(drop)
-		w := tbkafka.NewWriter(rawWriter(addrs, topic), tracebridge.WithTracerProvider(benchProvider(b, sdktrace.ParentBased(sdktrace.AlwaysSample()))))
-		defer w.Close()
-		msgs := make([]kafkago.Message, 1000)
-		for i := range msgs {
-			msgs[i] = kafkago.Message{Key: []byte(fmt.Sprintf("key-%03d", i%100)), Value: make([]byte, 256)}
-		}
-		ctx := testenv.Parent(sampled)
-		for i := 0; i < b.N; i += len(msgs) {
-			if err := w.WriteMessages(ctx, msgs[:min(len(msgs), b.N-i)]...); err != nil {
-				b.Fatal(err)
-			}
-		}
-		runtime.GC()
-		return topic
-	}
-	b.Run("raw", func(b *testing.B) {
-		topic := produce(b, false)
-		r := groupReader(addrs, newTopic("g"), 100*time.Millisecond, topic)
-		defer r.Close()
-		ctx := context.Background()
-		b.ReportAllocs()
-		b.ResetTimer()
-		cpu := benchwrap.CPU(b)
-		var start time.Time
-		for i := range b.N {
-			m, err := r.FetchMessage(ctx)
-			if err != nil {
-				b.Fatal(err)
-			}
-			if i == 0 {
-				start = time.Now()
-			}
-			if err := r.CommitMessages(ctx, m); err != nil {
-				b.Fatal(err)
-			}
-		}
-		cpu(b.N)
-		if b.N > 1 {
-			b.ReportMetric(float64(b.N-1)/time.Since(start).Seconds(), "msgs/s")
-		}
-	})
+	b.Run("raw", func(b *testing.B) { rawReaderLoop(b, addrs) })
 	for _, h := range benchwrap.Variants() {
-		// A user's own loop: the CONSUMER span covers the handler and the
-		// commit.
-		b.Run("consumer-"+h.Name, func(b *testing.B) {
-			topic := produce(b, h.Sampled)
-			group := newTopic("g")
-			r := groupReader(addrs, group, 100*time.Millisecond, topic)
-			defer r.Close()
-			hw := benchwrap.New(benchProvider(b, sdktrace.ParentBased(sdktrace.AlwaysSample())), "kafka", h.Full)
-			var n atomic.Int64
-			handler := func(context.Context, kafkago.Message) error { n.Add(1); return nil }
-			ctx := context.Background()
-			b.ReportAllocs()
-			b.ResetTimer()
-			cpu := benchwrap.CPU(b)
-			var start time.Time
-			for i := range b.N {
-				m, err := r.FetchMessage(ctx)
-				if err != nil {
-					b.Fatal(err)
-				}
-				if i == 0 {
-					start = time.Now()
-				}
-				hctx, span := hw.Receive(ctx, m.Topic, benchwrap.KafkaCarrier{H: &m.Headers}, func(a []attribute.KeyValue) []attribute.KeyValue {
-					a = serverAttrs(a, addrs)
-					return append(a, semconv.MessagingConsumerGroupName(group),
-						semconv.MessagingDestinationPartitionID(strconv.Itoa(m.Partition)),
-						semconv.MessagingMessageBodySize(len(m.Value)), semconv.MessagingKafkaOffset(int(m.Offset)),
-						semconv.MessagingKafkaMessageKey(string(m.Key)), attribute.Int("tracebridge.attempt", 1))
-				})
-				err = handler(hctx, m)
-				if err == nil {
-					err = r.CommitMessages(hctx, m)
-				}
-				benchwrap.End(span, err)
-				if err != nil {
-					b.Fatal(err)
-				}
-			}
-			cpu(b.N)
-			if b.N > 1 {
-				b.ReportMetric(float64(b.N-1)/time.Since(start).Seconds(), "msgs/s")
-			}
-		})
+		b.Run("consumer-"+h.Name, func(b *testing.B) { handReaderLoop(b, addrs, h) })
 	}
 	for _, v := range benchVariants(b) {
 		if v.name == "sampled-nocreate" {
 			continue // a producer option
 		}
 		b.Run("consumer-"+v.name, func(b *testing.B) {
-			topic := produce(b, v.sampled)
+			topic := benchProduce(b, addrs, v.sampled, b.N)
 			var n atomic.Int64
 			var start atomic.Int64
 			done := make(chan struct{})
@@ -292,23 +321,161 @@ func BenchmarkConsume(b *testing.B) {
 					}
 					return nil
 				}, v.opts...)
-			ctx, cancel := context.WithCancel(context.Background())
-			runErr := make(chan error, 1)
+			runConsumerBench(b, c, done, &start)
+		})
+	}
+}
+
+// runConsumerBench runs c until done and reports CPU and rate.
+func runConsumerBench(b *testing.B, c *tbkafka.Consumer, done <-chan struct{}, start *atomic.Int64) {
+	ctx, cancel := context.WithCancel(context.Background())
+	runErr := make(chan error, 1)
+	b.ReportAllocs()
+	b.ResetTimer()
+	cpu := benchwrap.CPU(b)
+	go func() { runErr <- c.Run(ctx) }()
+	<-done
+	end := time.Now()
+	cpu(b.N)
+	b.StopTimer()
+	cancel()
+	if err := <-runErr; err != nil {
+		b.Fatal(err)
+	}
+	if b.N > 1 {
+		b.ReportMetric(float64(b.N-1)/end.Sub(time.Unix(0, start.Load())).Seconds(), "msgs/s")
+	}
+}
+
+// BenchmarkReader is a user's own fetch loop: on the raw reader, with
+// tracebridge's Reader (FetchMessage returns the process span's context,
+// CommitMessages ends it), and with the hand-written wrappers (the same
+// loop as BenchmarkConsume's hand rows).
+func BenchmarkReader(b *testing.B) {
+	addrs := testenv.Kafka(b)
+	b.Run("raw", func(b *testing.B) { rawReaderLoop(b, addrs) })
+	for _, h := range benchwrap.Variants() {
+		b.Run(h.Name, func(b *testing.B) { handReaderLoop(b, addrs, h) })
+	}
+	for _, v := range defaultVariants(b) {
+		b.Run(v.name, func(b *testing.B) {
+			topic := benchProduce(b, addrs, v.sampled, b.N)
+			r := tbkafka.NewReader(groupReader(addrs, newTopic("g"), 100*time.Millisecond, topic), v.opts...)
+			defer r.Close()
+			var n atomic.Int64
+			handler := func(context.Context, kafkago.Message) error { n.Add(1); return nil }
+			ctx := context.Background()
 			b.ReportAllocs()
 			b.ResetTimer()
 			cpu := benchwrap.CPU(b)
-			go func() { runErr <- c.Run(ctx) }()
-			<-done
-			end := time.Now()
+			var start time.Time
+			for i := range b.N {
+				hctx, m, err := r.FetchMessage(ctx)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if i == 0 {
+					start = time.Now()
+				}
+				if err = handler(hctx, m); err == nil {
+					err = r.CommitMessages(hctx, m)
+				} else {
+					r.Done(m, err)
+				}
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
 			cpu(b.N)
-			b.StopTimer()
-			cancel()
-			if err := <-runErr; err != nil {
+			benchRate(b, start)
+		})
+	}
+}
+
+// BenchmarkBatchConsume hands batches of up to benchBatch messages to a
+// handler: the raw reader and the hand-written wrappers in a user's own
+// loop (fetch benchBatch messages, handle them, commit them at once; hand:
+// one CONSUMER span per message, ended after the commit), against
+// tracebridge's BatchConsumer (one process span per batch linking every
+// message's creation), which takes what has arrived, up to benchBatch.
+func BenchmarkBatchConsume(b *testing.B) {
+	addrs := testenv.Kafka(b)
+	// loop is the own batch loop; wrap, when not nil, starts a message's span.
+	loop := func(b *testing.B, sampled bool, wrap func(group string, m *kafkago.Message) trace.Span) {
+		topic := benchProduce(b, addrs, sampled, b.N)
+		group := newTopic("g")
+		r := groupReader(addrs, group, 100*time.Millisecond, topic)
+		defer r.Close()
+		var n atomic.Int64
+		handler := func(_ context.Context, msgs []kafkago.Message) error { n.Add(int64(len(msgs))); return nil }
+		ctx := context.Background()
+		batch := make([]kafkago.Message, 0, benchBatch)
+		spans := make([]trace.Span, 0, benchBatch)
+		b.ReportAllocs()
+		b.ResetTimer()
+		cpu := benchwrap.CPU(b)
+		var start time.Time
+		for i := 0; i < b.N; {
+			batch, spans = batch[:0], spans[:0]
+			for ; len(batch) < benchBatch && i < b.N; i++ {
+				m, err := r.FetchMessage(ctx)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if i == 0 {
+					start = time.Now()
+				}
+				batch = append(batch, m)
+				if wrap != nil {
+					spans = append(spans, wrap(group, &batch[len(batch)-1]))
+				}
+			}
+			err := handler(ctx, batch)
+			if err == nil {
+				err = r.CommitMessages(ctx, batch...)
+			}
+			for _, s := range spans {
+				benchwrap.End(s, err)
+			}
+			if err != nil {
 				b.Fatal(err)
 			}
-			if b.N > 1 {
-				b.ReportMetric(float64(b.N-1)/end.Sub(time.Unix(0, start.Load())).Seconds(), "msgs/s")
-			}
+		}
+		cpu(b.N)
+		benchRate(b, start)
+	}
+	b.Run("raw", func(b *testing.B) { loop(b, false, nil) })
+	for _, h := range benchwrap.Variants() {
+		b.Run(h.Name, func(b *testing.B) {
+			hw := benchwrap.New(benchProvider(b, sdktrace.ParentBased(sdktrace.AlwaysSample())), "kafka", h.Full)
+			loop(b, h.Sampled, func(group string, m *kafkago.Message) trace.Span {
+				_, span := hw.Receive(context.Background(), m.Topic, benchwrap.KafkaCarrier{H: &m.Headers}, func(a []attribute.KeyValue) []attribute.KeyValue {
+					return handConsumerAttrs(a, addrs, group, m)
+				})
+				return span
+			})
+		})
+	}
+	for _, v := range defaultVariants(b) {
+		b.Run(v.name, func(b *testing.B) {
+			topic := benchProduce(b, addrs, v.sampled, b.N)
+			var n, batches atomic.Int64
+			var start atomic.Int64
+			done := make(chan struct{})
+			c := tbkafka.NewBatchConsumer(groupReader(addrs, newTopic("g"), 100*time.Millisecond, topic),
+				func(ctx context.Context, msgs []kafkago.Message) error {
+					batches.Add(1)
+					k := n.Add(int64(len(msgs)))
+					if k == int64(len(msgs)) {
+						start.Store(time.Now().UnixNano())
+					}
+					if k >= int64(b.N) && k-int64(len(msgs)) < int64(b.N) {
+						close(done)
+					}
+					return nil
+				}, benchBatch, v.opts...)
+			runConsumerBench(b, c, done, &start)
+			b.ReportMetric(float64(n.Load())/float64(batches.Load()), "msgs/batch")
 		})
 	}
 }

@@ -1,8 +1,10 @@
 package kafka
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 
@@ -32,14 +34,11 @@ type Reader struct {
 	addr  string
 	port  int
 
+	// open holds the spans not yet ended, per partition in offset
+	// order, so a commit finds the spans it covers as a prefix of one
+	// lane, without looking at any other span.
 	mu   sync.Mutex
-	open map[position]*Process
-}
-
-type position struct {
-	topic     string
-	partition int
-	offset    int64
+	open map[partitionOf]*[]*Process
 }
 
 // NewReader wraps r. It reads WithTracerProvider, WithMeterProvider,
@@ -51,7 +50,7 @@ func NewReader(r *kafkago.Reader, opts ...tracebridge.Option) *Reader {
 
 func newReader(r *kafkago.Reader, t *msgtrace.Tracer) *Reader {
 	cfg := r.Config()
-	tr := &Reader{Reader: r, t: t, group: cfg.GroupID, open: make(map[position]*Process)}
+	tr := &Reader{Reader: r, t: t, group: cfg.GroupID, open: make(map[partitionOf]*[]*Process)}
 	if len(cfg.Brokers) > 0 {
 		tr.addr, tr.port = splitAddr(cfg.Brokers[0])
 	}
@@ -132,22 +131,44 @@ func (r *Reader) delivery(msg *kafkago.Message) msgtrace.Delivery {
 // becomes a link, not the parent. End the span with Process.Commit or
 // Process.End, or through the Reader's CommitMessages and Done.
 func (r *Reader) StartProcess(ctx context.Context, msg kafkago.Message) (context.Context, *Process) {
-	pctx, p := r.t.StartProcess(ctx, r.delivery(&msg))
-	tp := &Process{r: r, msg: msg, p: p, ctx: pctx}
+	// The span describes the Process's own copy of msg, so the message is
+	// copied to the heap once.
+	tp := &Process{r: r, msg: msg}
+	tp.ctx, tp.p = r.t.StartProcess(ctx, r.delivery(&tp.msg))
+	k := partitionOf{msg.Topic, msg.Partition}
 	r.mu.Lock()
-	if old := r.open[position{msg.Topic, msg.Partition, msg.Offset}]; old != nil {
-		defer old.End(nil) // the same message fetched again: its first span is over
+	lane := r.open[k]
+	if lane == nil {
+		lane = new([]*Process)
+		r.open[k] = lane
 	}
-	r.open[position{msg.Topic, msg.Partition, msg.Offset}] = tp
+	// Fetches come in offset order, so this is an append but after a
+	// rewind (SetOffset, a rebalance).
+	i, found := slices.BinarySearchFunc(*lane, msg.Offset, byOffset)
+	var old *Process
+	if found {
+		old = (*lane)[i] // the same message fetched again: its first span is over
+		(*lane)[i] = tp
+	} else {
+		*lane = slices.Insert(*lane, i, tp)
+	}
 	r.mu.Unlock()
-	return pctx, tp
+	if old != nil {
+		old.End(nil)
+	}
+	return tp.ctx, tp
 }
 
+func byOffset(p *Process, offset int64) int { return cmp.Compare(p.msg.Offset, offset) }
+
+// forget removes p from the open spans, unless it is no longer there (a
+// commit took it, or the message was fetched again).
 func (r *Reader) forget(m *kafkago.Message, p *Process) {
-	k := position{m.Topic, m.Partition, m.Offset}
 	r.mu.Lock()
-	if r.open[k] == p {
-		delete(r.open, k)
+	if lane := r.open[partitionOf{m.Topic, m.Partition}]; lane != nil {
+		if i, ok := slices.BinarySearchFunc(*lane, m.Offset, byOffset); ok && (*lane)[i] == p {
+			*lane = slices.Delete(*lane, i, i+1)
+		}
 	}
 	r.mu.Unlock()
 }
@@ -189,42 +210,49 @@ func (r *Reader) CommitMessages(ctx context.Context, msgs ...kafkago.Message) er
 	if err != nil {
 		err = fmt.Errorf("tracebridge/kafka: commit %d messages: %w", len(msgs), err)
 	}
-	for _, p := range r.covered(msgs) {
+	var buf [4]*Process // a loop commits one message, or a few, at a time
+	for _, p := range r.covered(buf[:0], msgs) {
 		p.settle("commit", err, nil)
 	}
 	return err
 }
 
-// covered returns the open spans at or before the offsets in msgs.
-func (r *Reader) covered(msgs []kafkago.Message) []*Process {
-	type tp struct {
-		topic     string
-		partition int
-	}
-	upTo := make(map[tp]int64, 1)
-	for i := range msgs {
-		k := tp{msgs[i].Topic, msgs[i].Partition}
-		if o, ok := upTo[k]; !ok || msgs[i].Offset > o {
-			upTo[k] = msgs[i].Offset
-		}
-	}
-	var out []*Process
+// covered removes the open spans at or before the offsets in msgs from the
+// open spans and appends them to dst: in each lane, the prefix up to the
+// message's offset.
+func (r *Reader) covered(dst []*Process, msgs []kafkago.Message) []*Process {
+	var lane *[]*Process
 	r.mu.Lock()
-	for pos, p := range r.open {
-		if o, ok := upTo[tp{pos.topic, pos.partition}]; ok && pos.offset <= o {
-			out = append(out, p)
+	for i := range msgs {
+		m := &msgs[i]
+		if i == 0 || m.Partition != msgs[i-1].Partition || m.Topic != msgs[i-1].Topic {
+			lane = r.open[partitionOf{m.Topic, m.Partition}]
 		}
+		if lane == nil {
+			continue
+		}
+		n := 0
+		for n < len(*lane) && (*lane)[n].msg.Offset <= m.Offset {
+			n++
+		}
+		dst = append(dst, (*lane)[:n]...)
+		*lane = slices.Delete(*lane, 0, n)
 	}
 	r.mu.Unlock()
-	return out
+	return dst
 }
 
 // Done ends the process span of msg without committing it. err, if not nil,
 // is recorded as the message's failure. Use it for a message read with
 // ReadMessage, or one you will not commit.
 func (r *Reader) Done(msg kafkago.Message, err error) {
+	var p *Process
 	r.mu.Lock()
-	p := r.open[position{msg.Topic, msg.Partition, msg.Offset}]
+	if lane := r.open[partitionOf{msg.Topic, msg.Partition}]; lane != nil {
+		if i, ok := slices.BinarySearchFunc(*lane, msg.Offset, byOffset); ok {
+			p = (*lane)[i]
+		}
+	}
 	r.mu.Unlock()
 	if p != nil {
 		p.End(err)
@@ -234,9 +262,9 @@ func (r *Reader) Done(msg kafkago.Message, err error) {
 // Close ends the spans still open and closes the kafka-go Reader.
 func (r *Reader) Close() error {
 	r.mu.Lock()
-	open := make([]*Process, 0, len(r.open))
-	for _, p := range r.open {
-		open = append(open, p)
+	var open []*Process
+	for _, lane := range r.open {
+		open = append(open, *lane...)
 	}
 	r.mu.Unlock()
 	for _, p := range open {

@@ -1,5 +1,5 @@
 #!/bin/sh
-# rounds.sh OUT ROUNDS: builds the broker packages' benchmark binaries once
+# rounds.sh OUT ROUNDS: builds the broker and jobs packages' benchmark binaries once
 # and runs the yardstick rows (raw client, tracebridge, the hand-written
 # wrappers) in ROUNDS interleaved rounds, one output file per round in
 # OUT. `go run ./internal/benchwrap/benchtable OUT/round-*.txt` then
@@ -9,7 +9,7 @@ out=${1:?out dir}
 rounds=${2:-5}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 mkdir -p "$out"
-for p in kafka nats amqp; do
+for p in kafka nats amqp jobs; do
 	(cd "$root" && go test -c -o "$out/$p.test" "./$p")
 done
 rows='^(raw|raw-unsampled|raw-sampled|unsampled|sampled|wrapped-unsampled|wrapped-sampled|consumer-unsampled|consumer-sampled|(consumer-)?hand(full)?-(un)?sampled)$'
@@ -24,6 +24,9 @@ while [ "$r" -le "$rounds" ]; do
 	bench kafka 'BenchmarkWriter/b100' 5000 >>"$f"
 	bench kafka 'BenchmarkWriter/b1$' 2000 >>"$f"
 	bench kafka 'BenchmarkConsume' 3000 >>"$f"
+	bench kafka 'BenchmarkReader$' 3000 >>"$f"
+	bench kafka 'BenchmarkBatchConsume' 3000 >>"$f"
+	bench jobs 'BenchmarkEnqueueRun' 20000 >>"$f"
 	bench nats 'BenchmarkCorePublish' 20000 >>"$f"
 	bench nats 'BenchmarkCoreSubscribe' 20000 >>"$f"
 	bench nats 'BenchmarkJetStream' 5000 >>"$f"

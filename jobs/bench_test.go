@@ -193,15 +193,23 @@ func BenchmarkEnqueueRun(b *testing.B) {
 			runPool(b, testenv.Parent(h.Sampled), send, receive)
 		})
 	}
+	// untraced is the runner itself, with a no-op tracer provider and no
+	// parent: job IDs, per-attempt timeouts, settling and its queue, which
+	// the raw pool does not have. benchtable takes it as the runner's own
+	// raw row for a second, tracing-only line of the table.
 	for _, mode := range []struct {
 		name    string
 		sampled bool
-	}{{"unsampled", false}, {"sampled", true}} {
+		tp      trace.TracerProvider
+	}{{"untraced", false, tnoop.NewTracerProvider()}, {"unsampled", false, nil}, {"sampled", true, nil}} {
 		b.Run(mode.name, func(b *testing.B) {
-			r := jobs.New(jobs.Config{}, tracebridge.WithTracerProvider(benchProvider(b)))
+			tp, ctx := mode.tp, context.Background()
+			if tp == nil {
+				tp, ctx = benchProvider(b), testenv.Parent(mode.sampled)
+			}
+			r := jobs.New(jobs.Config{}, tracebridge.WithTracerProvider(tp))
 			var done sync.WaitGroup
 			_ = r.Register("noop", func(context.Context, *jobs.Job) error { done.Done(); return nil })
-			ctx := testenv.Parent(mode.sampled)
 			payload := []byte("x")
 			b.ReportAllocs()
 			b.ResetTimer()

@@ -78,6 +78,21 @@ func main() {
 			}
 			fmt.Printf("| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", path, mode,
 				cpu(tb), cpu(hand), cpu(full), al(tb), al(hand), al(full), spread(ratios, 2))
+			// A path whose tracebridge side is a machine of its own (the
+			// jobs runner: IDs, timeouts, settling) also gets a line with
+			// that machine, untraced, as tracebridge's raw row: the cost of
+			// the tracing alone, against the hand-written wrappers' over
+			// the raw client.
+			if own := rows["untraced"]; own != nil {
+				tbo := over(tb, own, func(x sample) float64 { return x.cpu })
+				ratios = ratios[:0]
+				for i := range min(len(tbo), len(fo)) {
+					ratios = append(ratios, tbo[i]/fo[i])
+				}
+				fmt.Printf("| %s, tracing only | %s | %s | %s | %s | %s | %s | %s | %s |\n", path, mode,
+					spread(tbo, 1), cpu(hand), cpu(full),
+					spread(over(tb, own, func(x sample) float64 { return x.allocs }), 0), al(hand), al(full), spread(ratios, 2))
+			}
 		}
 	}
 }

@@ -260,6 +260,44 @@ func BenchmarkConsume(b *testing.B) {
 		})
 	}
 	for _, name := range []string{"unsampled", "sampled"} {
+		// The Tracer in a delivery loop of the user's own, the same loop
+		// as the hand-written rows': its own path in the README's table.
+		b.Run("tracer-"+name, func(b *testing.B) {
+			q := uniqueQueue(b, url, "benchc")
+			fill(b, url, q, b.N)
+			_, ch := dial(b, url)
+			if err := ch.Qos(2, 0, false); err != nil {
+				b.Fatal(err)
+			}
+			tr := amqp.NewTracer(tracebridge.WithTracerProvider(tps[name]))
+			var n atomic.Int64
+			handler := func(context.Context, amqp091.Delivery) error { n.Add(1); return nil }
+			b.ReportAllocs()
+			b.ResetTimer()
+			cpu := benchwrap.CPU(b)
+			ds, err := ch.Consume(q, "", false, false, false, false, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			for range b.N {
+				ctx, d := tr.StartProcess(context.Background(), <-ds)
+				err := handler(ctx, d.Delivery)
+				if err == nil {
+					err = d.Ack(false) // settles, then ends the span
+				} else {
+					d.Fail(err)
+					_ = d.Nack(false, true)
+				}
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+			cpu(b.N)
+			b.StopTimer()
+			reportRate(b)
+		})
+	}
+	for _, name := range []string{"unsampled", "sampled"} {
 		b.Run("wrapped-"+name, func(b *testing.B) {
 			q := uniqueQueue(b, url, "benchc")
 			fill(b, url, q, b.N)

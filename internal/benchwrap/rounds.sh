@@ -12,7 +12,7 @@ mkdir -p "$out"
 for p in kafka nats amqp; do
 	(cd "$root" && go test -c -o "$out/$p.test" "./$p")
 done
-rows='^(raw|raw-unsampled|raw-sampled|unsampled|sampled|wrapped-unsampled|wrapped-sampled|consumer-unsampled|consumer-sampled|(consumer-)?hand(full)?-(un)?sampled)$'
+rows='^(raw|raw-unsampled|raw-sampled|unsampled|sampled|wrapped-unsampled|wrapped-sampled|consumer-unsampled|consumer-sampled|tracer-unsampled|tracer-sampled|(consumer-)?hand(full)?-(un)?sampled)$'
 bench() { # package, benchmark regexp, iterations
 	(cd "$root/$1" && TRACEBRIDGE_REQUIRE_BROKERS=1 "$out/$1.test" -test.run '^$' -test.benchmem \
 		-test.bench "$2/$rows" -test.benchtime "$3x")

@@ -29,6 +29,7 @@ while [ "$r" -le "$rounds" ]; do
 	bench nats 'BenchmarkJetStream' 5000 >>"$f"
 	bench amqp 'BenchmarkPublish/noconfirm' 5000 >>"$f"
 	bench amqp 'BenchmarkPublish/^confirm$' 2000 >>"$f"
+	bench amqp 'BenchmarkPublish/^confirmwindow$' 5000 >>"$f"
 	bench amqp 'BenchmarkConsume' 2000 >>"$f"
 	r=$((r + 1))
 done

@@ -65,6 +65,10 @@ func (ph *pubHeaders) Get(key string) string { return Carrier(ph.h).Get(key) }
 // Set stores value under key, reusing the interface value of the last Set
 // of the same bytes under key.
 func (ph *pubHeaders) Set(key, value string) {
+	if key == "" {
+		ph.h[key] = value // "" marks a free box
+		return
+	}
 	free := -1
 	for i := range ph.boxes {
 		b := &ph.boxes[i]

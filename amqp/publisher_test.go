@@ -363,3 +363,61 @@ func TestPublisherWithConfirmsAllocs(t *testing.T) {
 		t.Errorf("tracing a confirmed publish costs %.1f allocations, want at most %.0f", traced-raw, limit)
 	}
 }
+
+// TestPublisherConcurrentPublishesKeepTheirOwnHeaders publishes one shared
+// Publishing from several goroutines, each under its own session: the
+// pooled header tables never mix one publish's journey into another's.
+func TestPublisherConcurrentPublishesKeepTheirOwnHeaders(t *testing.T) {
+	const workers, each = 6, 40
+	url := testenv.AMQP(t)
+	tel := testenv.NewTelemetry(t)
+	q := uniqueQueue(t, url, "pubconc")
+	_, ch := dial(t, url)
+	declare(t, ch, q, nil)
+	p, err := amqp.NewPublisher(ch, tracebridge.WithTracerProvider(tel.TracerProvider), tracebridge.WithConfirms())
+	if err != nil {
+		t.Fatal(err)
+	}
+	shared := amqp091.Publishing{Body: []byte("x"), Headers: amqp091.Table{"keep": "me"}}
+	errs := make(chan error, workers)
+	for w := range workers {
+		go func() {
+			ctx := carrier.ContextWithSession(context.Background(), fmt.Sprintf("sess-%d", w))
+			for i := range each {
+				msg := shared
+				msg.MessageId = fmt.Sprintf("%d/%d", w, i)
+				if err := p.PublishWithContext(ctx, "", q, false, false, msg); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range workers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(shared.Headers) != 1 {
+		t.Errorf("publisher modified the shared headers: %v", shared.Headers)
+	}
+	for range workers * each {
+		d, ok, err := ch.Get(q, true)
+		if err != nil || !ok {
+			t.Fatalf("get: ok=%v err=%v", ok, err)
+		}
+		var w, i int
+		if _, err := fmt.Sscanf(d.MessageId, "%d/%d", &w, &i); err != nil {
+			t.Fatalf("message id %q: %v", d.MessageId, err)
+		}
+		h := amqp.Carrier(d.Headers)
+		want := fmt.Sprintf("sess-%d", w)
+		if h.Get("session-id") != want || h.Get("baggage") != "session.id="+want || h.Get("keep") != "me" {
+			t.Errorf("message %s: headers %v, want session %s", d.MessageId, d.Headers, want)
+		}
+		if _, ok := carrier.ParseTraceparent(h.Get("traceparent")); !ok {
+			t.Errorf("message %s: traceparent %q", d.MessageId, h.Get("traceparent"))
+		}
+	}
+}

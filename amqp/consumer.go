@@ -302,11 +302,12 @@ func (w *worker) handle(d amqp091.Delivery) {
 		md.PublishedAt = time.Time{}
 	}
 	outcome, err := c.t.Deliver(w.base, w.stop, md, w.st)
-	var ur *unfitRetry
-	if outcome == msgtrace.Unsettled && w.stop.Err() == nil && errors.As(err, &ur) {
-		w.s.settleUnfit(w.base, &w.d, ur)
-		w.d, w.hd = amqp091.Delivery{}, amqp091.Delivery{}
-		return
+	if outcome == msgtrace.Unsettled && w.stop.Err() == nil {
+		if ur := asUnfit(err); ur != nil {
+			w.s.settleUnfit(w.base, &w.d, ur)
+			w.d, w.hd = amqp091.Delivery{}, amqp091.Delivery{}
+			return
+		}
 	}
 	if outcome == msgtrace.Unsettled {
 		// The broker still holds it: hand it back now rather than at
@@ -347,6 +348,18 @@ type unfitRetry struct {
 
 func (e *unfitRetry) Error() string { return e.err.Error() }
 func (e *unfitRetry) Unwrap() error { return e.err }
+
+// asUnfit returns the unfitRetry in err's chain, or nil. It is a function
+// of its own because errors.As needs the target's address, which moves the
+// target to the heap: declared in handle, it cost an allocation for every
+// delivery, not only for the rare one that needs it.
+func asUnfit(err error) *unfitRetry {
+	var ur *unfitRetry
+	if errors.As(err, &ur) {
+		return ur
+	}
+	return nil
+}
 
 // unfit wraps a retry republish's error in an unfitRetry when it is
 // ErrFrameTooLarge or ErrShortStringTooLong.

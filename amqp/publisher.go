@@ -214,49 +214,15 @@ func (p *Publisher) channel(ctx context.Context) (*pubChannel, error) {
 // forwarded: it keeps it, and the span links to it. With WithConfirms it
 // returns once the broker has confirmed the message.
 func (p *Publisher) PublishWithContext(ctx context.Context, exchange, key string, mandatory, immediate bool, msg amqp091.Publishing) error {
-	if p.t.Confirms {
-		c, err := p.PublishWithDeferredConfirm(ctx, exchange, key, mandatory, immediate, msg)
-		if err != nil {
-			return err
-		}
-		return c.Wait(ctx)
+	// The Confirmation lives only for this call, so it is not allocated:
+	// without confirms there is no answer to wait for, and with them Wait
+	// is called here.
+	var c Confirmation
+	if err := p.publish(ctx, &c, exchange, key, mandatory, immediate, msg); err != nil || c.dc == nil {
+		return err
 	}
-	// Without confirms there is no answer to wait for, so no Confirmation
-	// is built: it would be an allocation per message for nothing. The
-	// routing key travels by value in the Message.
-	user := msg.Headers
-	msg.Headers = copyHeaders(user)
-	sctx, op := p.t.StartSend(ctx, Carrier(msg.Headers), msgtrace.Message{Destination: destination(exchange, key),
-		ID: msg.MessageId, BodySize: len(msg.Body), ServerAddress: p.addr, ServerPort: p.port, Attr: routingKeyAttr(key)})
-	pc, err := p.channel(ctx)
-	if err != nil {
-		err = fmt.Errorf("amqp: publish to %s: %w", where(exchange, key), err)
-	} else if err = p.fit(op.Span, exchange, key, &msg, user, pc.frameMax); err != nil {
-		err = fmt.Errorf("amqp: publish to %s: %w", where(exchange, key), err)
-	} else {
-		err = p.publishErr(pc, exchange, key, pc.ch.PublishWithContext(ctx, exchange, key, mandatory, immediate, msg))
-	}
-	op.End(sctx, err)
-	return err
-}
-
-// copyHeaders is a copy of h with room for the journey's headers: the
-// caller's table is never modified, so one Publishing can be sent
-// concurrently.
-func copyHeaders(h amqp091.Table) amqp091.Table {
-	out := make(amqp091.Table, len(h)+4)
-	for k, v := range h {
-		out[k] = v
-	}
-	return out
-}
-
-// destination is the messaging.destination.name of a publish.
-func destination(exchange, key string) string {
-	if exchange == "" {
-		return key // the default exchange routes by queue name
-	}
-	return exchange
+	c.end(c.answer(ctx))
+	return c.err
 }
 
 // Confirmation is a publish whose broker confirmation is still to come.
@@ -281,31 +247,43 @@ type Confirmation struct {
 // not wait for the broker: Wait on the Confirmation ends the span with the
 // broker's answer. Without WithConfirms the Confirmation is already done.
 func (p *Publisher) PublishWithDeferredConfirm(ctx context.Context, exchange, key string, mandatory, immediate bool, msg amqp091.Publishing) (*Confirmation, error) {
+	c := new(Confirmation)
+	if err := p.publish(ctx, c, exchange, key, mandatory, immediate, msg); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// publish sends msg with its send span into c. Without confirms, or when
+// the publish fails, the span has ended when it returns; with confirms,
+// c.Wait ends it. The header table amqp091 encodes is a pooled copy of
+// msg.Headers (see pubHeaders), returned to the pool once amqp091 has
+// encoded it.
+func (p *Publisher) publish(ctx context.Context, c *Confirmation, exchange, key string, mandatory, immediate bool, msg amqp091.Publishing) error {
 	user := msg.Headers
-	h := copyHeaders(user)
-	msg.Headers = h
-	c := &Confirmation{p: p, mandatory: mandatory, exchange: exchange, routingKey: key}
-	c.ctx, c.op = p.t.StartSend(ctx, Carrier(h), msgtrace.Message{Destination: destination(exchange, key), ID: msg.MessageId,
+	ph := getPubHeaders(user)
+	defer ph.put()
+	msg.Headers = ph.h
+	c.p, c.mandatory, c.exchange, c.routingKey = p, mandatory, exchange, key
+	c.ctx, c.op = p.t.StartSend(ctx, ph, msgtrace.Message{Destination: destination(exchange, key), ID: msg.MessageId,
 		BodySize: len(msg.Body), ServerAddress: p.addr, ServerPort: p.port, Attr: routingKeyAttr(key)})
 
 	pc, err := p.channel(ctx)
 	if err != nil {
 		err = fmt.Errorf("amqp: publish to %s: %w", c.where(), err)
-		c.finish(err)
-		return nil, err
+		c.end(err)
+		return err
 	}
 	c.pc = pc
 	if err := p.fit(c.op.Span, c.exchange, c.routingKey, &msg, user, pc.frameMax); err != nil {
 		err = fmt.Errorf("amqp: publish to %s: %w", c.where(), err)
-		c.finish(err)
-		return nil, err
+		c.end(err)
+		return err
 	}
 	if !pc.confirms {
 		err := pc.ch.PublishWithContext(ctx, exchange, key, mandatory, immediate, msg)
-		if c.finish(p.publishErr(pc, c.exchange, c.routingKey, err)); c.err != nil {
-			return nil, c.err
-		}
-		return c, nil
+		c.end(p.publishErr(pc, c.exchange, c.routingKey, err))
+		return c.err
 	}
 	if mandatory {
 		c.key = newReturnKey(exchange, key, &msg, p.t.Carrier().Names().Traceparent)
@@ -316,10 +294,18 @@ func (p *Publisher) PublishWithDeferredConfirm(ctx context.Context, exchange, ke
 		if mandatory {
 			pc.forget(c.key)
 		}
-		c.finish(p.publishErr(pc, c.exchange, c.routingKey, err))
-		return nil, c.err
+		c.end(p.publishErr(pc, c.exchange, c.routingKey, err))
+		return c.err
 	}
-	return c, nil
+	return nil
+}
+
+// destination is the messaging.destination.name of a publish.
+func destination(exchange, key string) string {
+	if exchange == "" {
+		return key // the default exchange routes by queue name
+	}
+	return exchange
 }
 
 // fit makes msg's content header fit in one frame of frameMax bytes, the
@@ -446,36 +432,44 @@ func (c *Confirmation) Wait(ctx context.Context) error {
 	if c.dc == nil {
 		return c.err
 	}
+	err := c.answer(ctx)
+	c.once.Do(func() { c.end(err) })
+	return c.err
+}
+
+// answer waits for the broker's answer to c or for ctx, and returns the
+// publish's error (nil for an ack). It ends nothing.
+func (c *Confirmation) answer(ctx context.Context) error {
 	select {
 	case <-c.dc.Done():
 	case <-ctx.Done():
-		c.finish(fmt.Errorf("amqp: publish to %s: waiting for confirm: %w", c.where(), ctx.Err()))
-		return c.err
+		return fmt.Errorf("amqp: publish to %s: waiting for confirm: %w", c.where(), ctx.Err())
 	}
 	acked := c.dc.Acked()
-	var err error
 	var ret *amqp091.Return
 	if c.mandatory {
 		ret = c.pc.returned(c.key)
 	}
 	switch {
 	case ret != nil:
-		err = &ReturnedError{Return: *ret}
+		return &ReturnedError{Return: *ret}
 	case acked:
+		return nil
 	case c.pc.ch.IsClosed():
-		err = fmt.Errorf("amqp: publish to %s: %w", c.where(), ErrConfirmLost)
-	default:
-		err = fmt.Errorf("amqp: publish to %s: %w", c.where(), ErrNacked)
+		return fmt.Errorf("amqp: publish to %s: %w", c.where(), ErrConfirmLost)
 	}
-	c.finish(err)
-	return c.err
+	return fmt.Errorf("amqp: publish to %s: %w", c.where(), ErrNacked)
 }
 
-func (c *Confirmation) finish(err error) {
-	c.once.Do(func() {
-		c.err = err
-		c.op.End(c.ctx, err)
-	})
+// end records err as the publish's outcome and ends the send span. Only
+// one goroutine may call it, once: publish, on a Confirmation no one else
+// has yet; Wait, under c.once; or PublishWithContext, on its own. It is not
+// behind a sync.Once itself because a Once (its mutex) would make every
+// Confirmation escape to the heap, even PublishWithContext's, which is
+// never shared.
+func (c *Confirmation) end(err error) {
+	c.err = err
+	c.op.End(c.ctx, err)
 }
 
 // returnKey identifies a mandatory message well enough to match the

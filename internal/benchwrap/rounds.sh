@@ -12,7 +12,7 @@ mkdir -p "$out"
 for p in kafka nats amqp jobs; do
 	(cd "$root" && go test -c -o "$out/$p.test" "./$p")
 done
-rows='^(raw|untraced|raw-unsampled|raw-sampled|unsampled|sampled|wrapped-unsampled|wrapped-sampled|consumer-unsampled|consumer-sampled|(consumer-)?hand(full)?-(un)?sampled)$'
+rows='^(raw|untraced|raw-unsampled|raw-sampled|unsampled|sampled|wrapped-unsampled|wrapped-sampled|consumer-unsampled|consumer-sampled|tracer-unsampled|tracer-sampled|(consumer-)?hand(full)?-(un)?sampled)$'
 bench() { # package, benchmark regexp, iterations
 	(cd "$root/$1" && TRACEBRIDGE_REQUIRE_BROKERS=1 "$out/$1.test" -test.run '^$' -test.benchmem \
 		-test.bench "$2/$rows" -test.benchtime "$3x")
@@ -32,6 +32,7 @@ while [ "$r" -le "$rounds" ]; do
 	bench nats 'BenchmarkJetStream' 5000 >>"$f"
 	bench amqp 'BenchmarkPublish/noconfirm' 5000 >>"$f"
 	bench amqp 'BenchmarkPublish/^confirm$' 2000 >>"$f"
+	bench amqp 'BenchmarkPublish/^confirmwindow$' 5000 >>"$f"
 	bench amqp 'BenchmarkConsume' 2000 >>"$f"
 	r=$((r + 1))
 done

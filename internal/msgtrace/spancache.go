@@ -173,13 +173,17 @@ func (t *Tracer) newEntry(k *spanKey, opType attribute.KeyValue) *spanEntry {
 		}
 	}
 	a = a[:len(a):len(a)]
-	opts := []trace.SpanStartOption{kindOpts[k.kind], trace.WithAttributes(a...), attemptOpts[1], newRootOpt}
+	// A first attempt's options carry the attempt in the same attribute
+	// option: the SDK appends every option's attributes into one slice
+	// per span, and a second option regrew it, one more allocation for
+	// nearly every delivery.
+	first := []trace.SpanStartOption{kindOpts[k.kind], trace.WithAttributes(append(a, AttemptKey.Int(1))...), newRootOpt}
 	return &spanEntry{
 		name:      spanName(k.op, k.dest, k.tmpl),
 		attrs:     a,
-		opts:      opts[:2:2],
-		first:     opts[:3:3],
-		firstRoot: opts[:4:4],
+		opts:      []trace.SpanStartOption{kindOpts[k.kind], trace.WithAttributes(a...)},
+		first:     first[:2:2],
+		firstRoot: first[:3:3],
 		ok:        metricSet(t.sysAttr, k.op, k.dest, ""),
 		sys:       t.sysAttr,
 		op:        k.op,

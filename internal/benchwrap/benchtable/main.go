@@ -25,6 +25,9 @@ var line = regexp.MustCompile(`^(Benchmark\S+?)(-\d+)?\s+\d+\s+.*?([\d.]+) cpu-Â
 func main() {
 	// rounds[path][row] holds one sample per round.
 	rounds := map[string]map[string][]sample{}
+	// base[path] is the path whose raw and hand-written rows a path
+	// without its own is measured against.
+	base := map[string]string{}
 	var order []string
 	for _, name := range os.Args[1:] {
 		pkg := ""
@@ -45,6 +48,15 @@ func main() {
 			i := strings.LastIndex(m[1], "/")
 			path, row := pkg+" "+strings.TrimPrefix(m[1][:i], "Benchmark"), m[1][i+1:]
 			row = strings.TrimPrefix(strings.TrimPrefix(row, "consumer-"), "wrapped-")
+			if r, ok := strings.CutPrefix(row, "tracer-"); ok {
+				// Another of the benchmark's wrappers (the RabbitMQ Tracer
+				// in a loop of the user's own): a path of its own, measured
+				// against the same raw and hand-written rows.
+				if base[path+" Tracer loop"] == "" {
+					base[path+" Tracer loop"] = path
+				}
+				path, row = path+" Tracer loop", r
+			}
 			cpu, _ := strconv.ParseFloat(m[3], 64)
 			allocs, _ := strconv.ParseFloat(m[4], 64)
 			if rounds[path] == nil {
@@ -59,6 +71,13 @@ func main() {
 	fmt.Println("|---|---|---|---|---|---|---|---|---|")
 	for _, path := range order {
 		rows := rounds[path]
+		if b := base[path]; b != "" {
+			for name, s := range rounds[b] {
+				if rows[name] == nil && (name == "raw" || strings.HasPrefix(name, "raw-") || strings.HasPrefix(name, "hand")) {
+					rows[name] = s
+				}
+			}
+		}
 		for _, mode := range []string{"unsampled", "sampled"} {
 			raw := rows["raw"]
 			if raw == nil {

@@ -152,6 +152,7 @@ func BenchmarkPublish(b *testing.B) {
 					}
 				}
 				hw := benchwrap.New(tps[modeName(h.Sampled)], "rabbitmq", h.Full)
+				hctx := benchwrap.SessionInBaggage(ctx)
 				// The server's address is known once, when the wrapper
 				// is made, as tracebridge's Publisher knows it.
 				srv := serverAttrs(nil, url)
@@ -179,7 +180,7 @@ func BenchmarkPublish(b *testing.B) {
 					for k, v := range msg.Headers {
 						pub.Headers[k] = v
 					}
-					sctx, span := hw.Send(ctx, q, benchwrap.AMQPCarrier(pub.Headers), extra)
+					sctx, span := hw.Send(hctx, q, benchwrap.AMQPCarrier(pub.Headers), extra)
 					if !confirms {
 						err := ch.PublishWithContext(sctx, "", q, false, false, pub)
 						benchwrap.End(span, err)

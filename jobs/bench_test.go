@@ -190,7 +190,7 @@ func BenchmarkEnqueueRun(b *testing.B) {
 					return append(common(a, j), attribute.Int("tracebridge.attempt", 1))
 				})
 			}
-			runPool(b, testenv.Parent(h.Sampled), send, receive)
+			runPool(b, benchwrap.SessionInBaggage(testenv.Parent(h.Sampled)), send, receive)
 		})
 	}
 	// untraced is the runner itself, with a no-op tracer provider and no

@@ -125,7 +125,7 @@ func BenchmarkWriter(b *testing.B) {
 			b.Run(name+h.Name, func(b *testing.B) {
 				tp := benchProvider(b, sdktrace.ParentBased(sdktrace.AlwaysSample()))
 				run(b, batch, &handWriter{Writer: writer(b), w: benchwrap.New(tp, "kafka", h.Full), full: h.Full, addrs: addrs},
-					testenv.Parent(h.Sampled), nil)
+					benchwrap.SessionInBaggage(testenv.Parent(h.Sampled)), nil)
 			})
 		}
 	}

@@ -15,10 +15,13 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 	kafkago "github.com/segmentio/kafka-go"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/baggage"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/tracebridge/tracebridge/carrier"
 )
 
 // Wrapper is a hand-written messaging wrapper. Minimal records what the
@@ -74,6 +77,27 @@ func (w *Wrapper) start(ctx context.Context, op string, opType attribute.KeyValu
 		attrs = []attribute.KeyValue{w.system, semconv.MessagingOperationName(op), semconv.MessagingDestinationName(dest)}
 	}
 	return w.tracer.Start(ctx, op+" "+dest, trace.WithSpanKind(kind), trace.WithAttributes(attrs...))
+}
+
+// SessionInBaggage returns ctx with its tracebridge session, if any, also
+// as the W3C baggage member session.id: how a hand-written wrapper on the
+// stock propagators carries a session, built once at the edge. The
+// hand-written rows produce under it, so that they propagate the journey
+// tracebridge propagates (its traceparent and its session), not less.
+func SessionInBaggage(ctx context.Context) context.Context {
+	s := carrier.SessionFromContext(ctx)
+	if s == "" {
+		return ctx
+	}
+	m, err := baggage.NewMemberRaw(string(semconv.SessionIDKey), s)
+	if err != nil {
+		return ctx
+	}
+	bag, err := baggage.FromContext(ctx).SetMember(m)
+	if err != nil {
+		return ctx
+	}
+	return baggage.ContextWithBaggage(ctx, bag)
 }
 
 // End ends span, recording err as its status.

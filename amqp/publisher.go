@@ -223,6 +223,9 @@ func (p *Publisher) PublishWithContext(ctx context.Context, exchange, key string
 	}
 	if err := c.await(ctx); err != nil {
 		c.end(err)
+		if c.mandatory {
+			go c.pc.releaseWhenAnswered(c.dc, c.key)
+		}
 		return c.err
 	}
 	var ret *amqp091.Return
@@ -447,13 +450,22 @@ func (c *Confirmation) Wait(ctx context.Context) error {
 	if c.dc == nil {
 		return c.err
 	}
-	err := c.await(ctx)
-	if err == nil {
+	if err := c.await(ctx); err != nil {
+		c.once.Do(func() { c.end(err) })
 		if c.mandatory {
-			c.retOnce.Do(func() { c.ret = c.pc.returned(c.key) })
+			// The outcome is now c.err for every Wait, so no Wait needs
+			// the return; the channel still expects it, and would keep
+			// it for as long as it lives if the Confirmation is dropped.
+			// The span ended first, so a Wait that sees retOnce done
+			// without c.ret never decides the outcome.
+			c.retOnce.Do(func() { go c.pc.releaseWhenAnswered(c.dc, c.key) })
 		}
-		err = c.verdict(c.ret)
+		return c.err
 	}
+	if c.mandatory {
+		c.retOnce.Do(func() { c.ret = c.pc.returned(c.key) })
+	}
+	err := c.verdict(c.ret)
 	c.once.Do(func() { c.end(err) })
 	return c.err
 }
@@ -578,6 +590,17 @@ func (pc *pubChannel) release(k returnKey) {
 		delete(pc.pending, k)
 		delete(pc.returns, k)
 	}
+}
+
+// releaseWhenAnswered looks up, and forgets, the return for k once the
+// broker has answered dc or the channel has closed, for a publish no one
+// waits for any more. It ends with the channel at the latest.
+func (pc *pubChannel) releaseWhenAnswered(dc *amqp091.DeferredConfirmation, k returnKey) {
+	select {
+	case <-dc.Done():
+	case <-pc.closed:
+	}
+	pc.returned(k)
 }
 
 // returned reports the return for k, if the broker sent one, once the

@@ -221,7 +221,18 @@ func (p *Publisher) PublishWithContext(ctx context.Context, exchange, key string
 	if err := p.publish(ctx, &c, exchange, key, mandatory, immediate, msg); err != nil || c.dc == nil {
 		return err
 	}
-	c.end(c.answer(ctx))
+	if err := c.await(ctx); err != nil {
+		c.end(err)
+		if c.mandatory {
+			go c.pc.releaseWhenAnswered(c.dc, c.key)
+		}
+		return c.err
+	}
+	var ret *amqp091.Return
+	if c.mandatory {
+		ret = c.pc.returned(c.key) // no one else has c: once, without a sync.Once
+	}
+	c.end(c.verdict(ret))
 	return c.err
 }
 
@@ -239,8 +250,15 @@ type Confirmation struct {
 	// exchange and routingKey name the publish in errors.
 	exchange, routingKey string
 
-	once sync.Once
+	once sync.Once // ends the span, with err
 	err  error
+	// retOnce looks up the broker's return once, for every Wait: a
+	// lookup takes one of the returns recorded for c.key, and c.key is
+	// not unique (a forwarded message keeps its traceparent), so a second
+	// lookup would take another publish's return, and a concurrent Wait
+	// that found none would report a returned message as delivered.
+	retOnce sync.Once
+	ret     *amqp091.Return
 }
 
 // PublishWithDeferredConfirm publishes msg like PublishWithContext but does
@@ -432,28 +450,44 @@ func (c *Confirmation) Wait(ctx context.Context) error {
 	if c.dc == nil {
 		return c.err
 	}
-	err := c.answer(ctx)
+	if err := c.await(ctx); err != nil {
+		c.once.Do(func() { c.end(err) })
+		if c.mandatory {
+			// The outcome is now c.err for every Wait, so no Wait needs
+			// the return; the channel still expects it, and would keep
+			// it for as long as it lives if the Confirmation is dropped.
+			// The span ended first, so a Wait that sees retOnce done
+			// without c.ret never decides the outcome.
+			c.retOnce.Do(func() { go c.pc.releaseWhenAnswered(c.dc, c.key) })
+		}
+		return c.err
+	}
+	if c.mandatory {
+		c.retOnce.Do(func() { c.ret = c.pc.returned(c.key) })
+	}
+	err := c.verdict(c.ret)
 	c.once.Do(func() { c.end(err) })
 	return c.err
 }
 
-// answer waits for the broker's answer to c or for ctx, and returns the
-// publish's error (nil for an ack). It ends nothing.
-func (c *Confirmation) answer(ctx context.Context) error {
+// await waits for the broker's answer to c or for ctx, and returns ctx's
+// error, wrapped, when ctx ended first.
+func (c *Confirmation) await(ctx context.Context) error {
 	select {
 	case <-c.dc.Done():
+		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("amqp: publish to %s: waiting for confirm: %w", c.where(), ctx.Err())
 	}
-	acked := c.dc.Acked()
-	var ret *amqp091.Return
-	if c.mandatory {
-		ret = c.pc.returned(c.key)
-	}
+}
+
+// verdict is the publish's error once the broker has answered (nil for an
+// ack), given the return the broker sent for it, if any. It ends nothing.
+func (c *Confirmation) verdict(ret *amqp091.Return) error {
 	switch {
 	case ret != nil:
 		return &ReturnedError{Return: *ret}
-	case acked:
+	case c.dc.Acked():
 		return nil
 	case c.pc.ch.IsClosed():
 		return fmt.Errorf("amqp: publish to %s: %w", c.where(), ErrConfirmLost)
@@ -556,6 +590,17 @@ func (pc *pubChannel) release(k returnKey) {
 		delete(pc.pending, k)
 		delete(pc.returns, k)
 	}
+}
+
+// releaseWhenAnswered looks up, and forgets, the return for k once the
+// broker has answered dc or the channel has closed, for a publish no one
+// waits for any more. It ends with the channel at the latest.
+func (pc *pubChannel) releaseWhenAnswered(dc *amqp091.DeferredConfirmation, k returnKey) {
+	select {
+	case <-dc.Done():
+	case <-pc.closed:
+	}
+	pc.returned(k)
 }
 
 // returned reports the return for k, if the broker sent one, once the

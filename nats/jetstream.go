@@ -323,6 +323,15 @@ func (j *JetStream) PublishAsync(ctx context.Context, subj string, data []byte, 
 // timeout or when the connection closes.
 func (j *JetStream) PublishMsgAsync(ctx context.Context, m *natsgo.Msg, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
 	ctx, op := j.startSend(ctx, m)
+	if j.pending != nil && op.Inert() {
+		// Nothing to end at the ack (an unsampled message, no metrics):
+		// nothing to keep for it either.
+		f, err := j.JetStream.PublishMsgAsync(m, opts...)
+		if err != nil {
+			return nil, fmt.Errorf("nats: JetStream async publish to %q: %w", m.Subject, err)
+		}
+		return f, nil
+	}
 	if j.pending != nil {
 		// Registered first: the ack can arrive before PublishMsgAsync
 		// returns.

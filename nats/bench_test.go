@@ -147,7 +147,7 @@ func BenchmarkCorePublish(b *testing.B) {
 			subj := unique(b, "bench")
 			hw := benchwrap.New(benchTP(b), "nats", h.Full)
 			ctx := testenv.Parent(h.Sampled)
-			extra := sendAttrs(ctx, url, len(payload))
+			extra := sendAttrs(ctx, server(url), len(payload))
 			b.ReportAllocs()
 			start := time.Now()
 			cpu := benchwrap.CPU(b)
@@ -175,18 +175,19 @@ func benchTP(b *testing.B) *sdktrace.TracerProvider {
 	return tp
 }
 
-// serverAttrs are server.address and server.port of url.
-func serverAttrs(dst []attribute.KeyValue, url string) []attribute.KeyValue {
+// server is server.address and server.port of url, worked out once per
+// row, as a hand-written wrapper would when it is set up.
+func server(url string) []attribute.KeyValue {
 	u, _ := neturl.Parse(url)
 	p, _ := strconv.Atoi(u.Port())
-	return append(dst, semconv.ServerAddress(u.Hostname()), semconv.ServerPort(p))
+	return []attribute.KeyValue{semconv.ServerAddress(u.Hostname()), semconv.ServerPort(p)}
 }
 
 // sendAttrs are the attributes tracebridge records on a NATS send span
 // beyond the minimal ones, for the handfull rows.
-func sendAttrs(ctx context.Context, url string, size int) benchwrap.Extra {
+func sendAttrs(ctx context.Context, srv []attribute.KeyValue, size int) benchwrap.Extra {
 	return func(a []attribute.KeyValue) []attribute.KeyValue {
-		a = serverAttrs(a, url)
+		a = append(a, srv...)
 		a = append(a, semconv.MessagingMessageBodySize(size))
 		if s := carrier.SessionFromContext(ctx); s != "" {
 			a = append(a, semconv.SessionID(s))
@@ -197,9 +198,9 @@ func sendAttrs(ctx context.Context, url string, size int) benchwrap.Extra {
 
 // receiveAttrs are the attributes tracebridge records on a NATS process
 // span beyond the minimal ones.
-func receiveAttrs(url string, m *nats.Msg, group string) benchwrap.Extra {
+func receiveAttrs(srv []attribute.KeyValue, m *nats.Msg, group string) benchwrap.Extra {
 	return func(a []attribute.KeyValue) []attribute.KeyValue {
-		a = serverAttrs(a, url)
+		a = append(a, srv...)
 		if group != "" {
 			a = append(a, semconv.MessagingConsumerGroupName(group))
 		}
@@ -269,9 +270,10 @@ func BenchmarkCoreSubscribe(b *testing.B) {
 	for _, h := range benchwrap.Variants() {
 		b.Run(h.Name, func(b *testing.B) {
 			hw := benchwrap.New(benchTP(b), "nats", h.Full)
+			srv := server(url)
 			run(b, h.Sampled, func(nc *nats.Conn, subj string, n *atomic.Int64) (*nats.Subscription, error) {
 				return nc.Subscribe(subj, func(m *nats.Msg) {
-					_, span := hw.Receive(context.Background(), m.Subject, benchwrap.NATSCarrier(m.Header), receiveAttrs(url, m, ""))
+					_, span := hw.Receive(context.Background(), m.Subject, benchwrap.NATSCarrier(m.Header), receiveAttrs(srv, m, ""))
 					n.Add(1)
 					span.End()
 				})
@@ -330,7 +332,7 @@ func BenchmarkCoreRequest(b *testing.B) {
 		b.Run(h.Name, func(b *testing.B) {
 			hw := benchwrap.New(benchTP(b), "nats", h.Full)
 			ctx := testenv.Parent(h.Sampled)
-			extra := requestAttrs(url, len(payload))
+			extra := requestAttrs(server(url), len(payload))
 			run(b, func(nc *nats.Conn, subj string) error {
 				m := &nats.Msg{Subject: subj, Data: payload, Header: nats.Header{}}
 				_, span := hw.Request(ctx, subj, benchwrap.NATSCarrier(m.Header), extra)
@@ -344,9 +346,9 @@ func BenchmarkCoreRequest(b *testing.B) {
 
 // requestAttrs are the attributes tracebridge records on a request span
 // beyond the minimal ones.
-func requestAttrs(url string, size int) benchwrap.Extra {
+func requestAttrs(srv []attribute.KeyValue, size int) benchwrap.Extra {
 	return func(a []attribute.KeyValue) []attribute.KeyValue {
-		return append(serverAttrs(a, url), semconv.MessagingMessageBodySize(size))
+		return append(append(a, srv...), semconv.MessagingMessageBodySize(size))
 	}
 }
 
@@ -417,7 +419,7 @@ func BenchmarkJetStreamPublish(b *testing.B) {
 			js, _ := jetstream.New(nc)
 			hw := benchwrap.New(benchTP(b), "nats", h.Full)
 			ctx := testenv.Parent(h.Sampled)
-			extra := sendAttrs(ctx, url, len(payload))
+			extra := sendAttrs(ctx, server(url), len(payload))
 			run(b, func() error {
 				m := &nats.Msg{Subject: subj, Data: payload, Header: nats.Header{}}
 				sctx, span := hw.Send(ctx, subj, benchwrap.NATSCarrier(m.Header), extra)
@@ -531,7 +533,7 @@ func BenchmarkJetStreamPublishAsync(b *testing.B) {
 			nc, _, subj := jsStream(b, url)
 			hw := benchwrap.New(benchTP(b), "nats", h.Full)
 			ctx := testenv.Parent(h.Sampled)
-			extra := sendAttrs(ctx, url, len(payload))
+			extra := sendAttrs(ctx, server(url), len(payload))
 			if !h.Full {
 				js, _ := jetstream.New(nc)
 				run(b, js, func() (jetstream.PubAckFuture, error) {
@@ -642,11 +644,12 @@ func BenchmarkJetStreamConsume(b *testing.B) {
 	for _, h := range benchwrap.Variants() {
 		b.Run(h.Name, func(b *testing.B) {
 			hw := benchwrap.New(benchTP(b), "nats", h.Full)
+			srv := server(url)
 			run(b, h.Sampled, func(_ *nats.Conn, cons jetstream.Consumer, n *atomic.Int64) (jetstream.ConsumeContext, error) {
 				return cons.Consume(func(m jetstream.Msg) {
 					var extra benchwrap.Extra
 					if h.Full {
-						extra = consumeAttrs(url, m)
+						extra = consumeAttrs(srv, m)
 					}
 					_, span := hw.Receive(context.Background(), m.Subject(), benchwrap.NATSCarrier(m.Headers()), extra)
 					n.Add(1)
@@ -660,12 +663,12 @@ func BenchmarkJetStreamConsume(b *testing.B) {
 // consumeAttrs are the attributes tracebridge records on a JetStream
 // process span beyond the minimal ones: receiveAttrs' and the message's
 // stream position.
-func consumeAttrs(url string, m jetstream.Msg) benchwrap.Extra {
+func consumeAttrs(srv []attribute.KeyValue, m jetstream.Msg) benchwrap.Extra {
 	return func(a []attribute.KeyValue) []attribute.KeyValue {
-		a = receiveAttrs(url, &nats.Msg{Data: m.Data()}, "c")(a)
+		a = append(append(a, srv...), semconv.MessagingConsumerGroupName("c"), semconv.MessagingMessageBodySize(len(m.Data())))
 		if md, err := m.Metadata(); err == nil {
-			a = append(a, tnats.StreamKey.String(md.Stream), tnats.StreamSequenceKey.Int64(int64(md.Sequence.Stream)),
-				tnats.DeliveredKey.Int64(int64(md.NumDelivered)))
+			a = append(a, attribute.Int("tracebridge.attempt", int(md.NumDelivered)), tnats.StreamKey.String(md.Stream),
+				tnats.StreamSequenceKey.Int64(int64(md.Sequence.Stream)), tnats.DeliveredKey.Int64(int64(md.NumDelivered)))
 		}
 		return a
 	}

@@ -173,13 +173,19 @@ func (t *Tracer) newEntry(k *spanKey, opType attribute.KeyValue) *spanEntry {
 		}
 	}
 	a = a[:len(a):len(a)]
-	opts := []trace.SpanStartOption{kindOpts[k.kind], trace.WithAttributes(a...), attemptOpts[1], newRootOpt}
+	// A first attempt's tracebridge.attempt goes into the same attribute
+	// option: the SDK appends each option's attributes to its start
+	// config in turn, so a second option would regrow that slice, one
+	// allocation and the size of the first slice again, on every message.
+	first := append(a, AttemptKey.Int(1))
+	opts := []trace.SpanStartOption{kindOpts[k.kind], trace.WithAttributes(a...)}
+	firstOpts := []trace.SpanStartOption{kindOpts[k.kind], trace.WithAttributes(first...), newRootOpt}
 	return &spanEntry{
 		name:      spanName(k.op, k.dest, k.tmpl),
 		attrs:     a,
-		opts:      opts[:2:2],
-		first:     opts[:3:3],
-		firstRoot: opts[:4:4],
+		opts:      opts,
+		first:     firstOpts[:2:2],
+		firstRoot: firstOpts[:3:3],
 		ok:        metricSet(t.sysAttr, k.op, k.dest, ""),
 		sys:       t.sysAttr,
 		op:        k.op,

@@ -2,8 +2,10 @@ package nats_test
 
 import (
 	"context"
+	"encoding/binary"
 	neturl "net/url"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -145,7 +147,7 @@ func BenchmarkCorePublish(b *testing.B) {
 			subj := unique(b, "bench")
 			hw := benchwrap.New(benchTP(b), "nats", h.Full)
 			ctx := testenv.Parent(h.Sampled)
-			extra := sendAttrs(ctx, url, len(payload))
+			extra := sendAttrs(ctx, server(url), len(payload))
 			b.ReportAllocs()
 			start := time.Now()
 			cpu := benchwrap.CPU(b)
@@ -173,18 +175,19 @@ func benchTP(b *testing.B) *sdktrace.TracerProvider {
 	return tp
 }
 
-// serverAttrs are server.address and server.port of url.
-func serverAttrs(dst []attribute.KeyValue, url string) []attribute.KeyValue {
+// server is server.address and server.port of url, worked out once per
+// row, as a hand-written wrapper would when it is set up.
+func server(url string) []attribute.KeyValue {
 	u, _ := neturl.Parse(url)
 	p, _ := strconv.Atoi(u.Port())
-	return append(dst, semconv.ServerAddress(u.Hostname()), semconv.ServerPort(p))
+	return []attribute.KeyValue{semconv.ServerAddress(u.Hostname()), semconv.ServerPort(p)}
 }
 
 // sendAttrs are the attributes tracebridge records on a NATS send span
 // beyond the minimal ones, for the handfull rows.
-func sendAttrs(ctx context.Context, url string, size int) benchwrap.Extra {
+func sendAttrs(ctx context.Context, srv []attribute.KeyValue, size int) benchwrap.Extra {
 	return func(a []attribute.KeyValue) []attribute.KeyValue {
-		a = serverAttrs(a, url)
+		a = append(a, srv...)
 		a = append(a, semconv.MessagingMessageBodySize(size))
 		if s := carrier.SessionFromContext(ctx); s != "" {
 			a = append(a, semconv.SessionID(s))
@@ -195,9 +198,9 @@ func sendAttrs(ctx context.Context, url string, size int) benchwrap.Extra {
 
 // receiveAttrs are the attributes tracebridge records on a NATS process
 // span beyond the minimal ones.
-func receiveAttrs(url string, m *nats.Msg, group string) benchwrap.Extra {
+func receiveAttrs(srv []attribute.KeyValue, m *nats.Msg, group string) benchwrap.Extra {
 	return func(a []attribute.KeyValue) []attribute.KeyValue {
-		a = serverAttrs(a, url)
+		a = append(a, srv...)
 		if group != "" {
 			a = append(a, semconv.MessagingConsumerGroupName(group))
 		}
@@ -267,9 +270,10 @@ func BenchmarkCoreSubscribe(b *testing.B) {
 	for _, h := range benchwrap.Variants() {
 		b.Run(h.Name, func(b *testing.B) {
 			hw := benchwrap.New(benchTP(b), "nats", h.Full)
+			srv := server(url)
 			run(b, h.Sampled, func(nc *nats.Conn, subj string, n *atomic.Int64) (*nats.Subscription, error) {
 				return nc.Subscribe(subj, func(m *nats.Msg) {
-					_, span := hw.Receive(context.Background(), m.Subject, benchwrap.NATSCarrier(m.Header), receiveAttrs(url, m, ""))
+					_, span := hw.Receive(context.Background(), m.Subject, benchwrap.NATSCarrier(m.Header), receiveAttrs(srv, m, ""))
 					n.Add(1)
 					span.End()
 				})
@@ -278,114 +282,374 @@ func BenchmarkCoreSubscribe(b *testing.B) {
 	}
 }
 
-// BenchmarkJetStream publishes b.N messages asynchronously and consumes
-// and acks them all: one message's full round trip per iteration.
-func BenchmarkJetStream(b *testing.B) {
+// BenchmarkCoreRequest sends b.N requests, each waiting for its reply from
+// a raw responder on a second connection: raw, tracebridge's Request and
+// the hand-written one (a CLIENT span around RequestMsg, its context
+// injected into the request's headers). The responder is the same in
+// every row.
+func BenchmarkCoreRequest(b *testing.B) {
 	url := testenv.NATS(b)
 	payload := make([]byte, 128)
-	run := func(b *testing.B, publish func(subj string) error, consume func(cons jetstream.Consumer, n *atomic.Int64) (jetstream.ConsumeContext, error)) {
-		js, err := jetstream.New(connect(b, url))
-		if err != nil {
+	run := func(b *testing.B, request func(nc *nats.Conn, subj string) error) {
+		nc, rc := connect(b, url), connect(b, url)
+		subj := unique(b, "benchreq")
+		if _, err := rc.Subscribe(subj, func(m *nats.Msg) { _ = m.Respond(payload) }); err != nil {
 			b.Fatal(err)
 		}
-		subj := unique(b, "jsbench")
-		st := stream(b, js, jetstream.StreamConfig{Name: subj, Subjects: []string{subj}})
-		cons := consumer(b, st, jetstream.ConsumerConfig{Durable: "c", MaxAckPending: -1})
-		var n atomic.Int64
+		if err := rc.Flush(); err != nil {
+			b.Fatal(err)
+		}
 		b.ReportAllocs()
 		start := time.Now()
 		cpu := benchwrap.CPU(b)
-		cc, err := consume(cons, &n)
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer cc.Stop()
 		for b.Loop() {
-			if err := publish(subj); err != nil {
+			if err := request(nc, subj); err != nil {
 				b.Fatal(err)
 			}
-		}
-		for n.Load() < int64(b.N) {
-			time.Sleep(time.Millisecond)
 		}
 		cpu(b.N)
 		msgsPerSec(b, start)
 	}
 	b.Run("raw", func(b *testing.B) {
-		var js jetstream.JetStream
-		run(b, func(subj string) error {
-			_, err := js.PublishAsync(subj, payload)
+		run(b, func(nc *nats.Conn, subj string) error {
+			_, err := nc.Request(subj, payload, 5*time.Second)
 			return err
-		}, func(cons jetstream.Consumer, n *atomic.Int64) (jetstream.ConsumeContext, error) {
-			js, _ = jetstream.New(connect(b, url))
-			return cons.Consume(func(m jetstream.Msg) {
-				_ = m.Ack()
-				n.Add(1)
-			})
 		})
 	})
-	b.Run("raw-headers", func(b *testing.B) {
-		var js jetstream.JetStream
-		h := nats.Header{}
-		carrier.NewPropagator().Inject(testenv.Parent(false), tnats.HeaderCarrier(h))
-		run(b, func(subj string) error {
-			_, err := js.PublishMsgAsync(&nats.Msg{Subject: subj, Data: payload, Header: h})
-			return err
-		}, func(cons jetstream.Consumer, n *atomic.Int64) (jetstream.ConsumeContext, error) {
-			js, _ = jetstream.New(connect(b, url))
-			return cons.Consume(func(m jetstream.Msg) {
-				_ = m.Headers()
-				_ = m.Ack()
-				n.Add(1)
-			})
-		})
-	})
-	wrapped := func(v benchVariant, wrap bool) func(b *testing.B) {
-		return func(b *testing.B) {
-			var tjs *tnats.JetStream
-			run(b, func(subj string) error {
-				_, err := tjs.PublishAsync(v.ctx, subj, payload)
-				return err
-			}, func(cons jetstream.Consumer, n *atomic.Int64) (jetstream.ConsumeContext, error) {
-				nc := connect(b, url)
-				if wrap {
-					js, _ := jetstream.New(nc)
-					tjs = tnats.WrapJetStream(js, v.opts...)
-				} else {
-					var err error
-					if tjs, err = tnats.NewJetStream(nc, nil, v.opts...); err != nil {
-						b.Fatal(err)
-					}
+	for _, v := range benchVariants(b) {
+		b.Run(v.name, func(b *testing.B) {
+			var c *tnats.Conn
+			run(b, func(nc *nats.Conn, subj string) error {
+				if c == nil {
+					c = tnats.Wrap(nc, v.opts...)
 				}
-				c := tnats.NewConsumer(tjs.JetStream, cons, v.opts...)
-				return c.Consume(func(context.Context, jetstream.Msg) error {
-					n.Add(1)
-					return nil
-				})
+				_, err := c.Request(v.ctx, subj, payload, 5*time.Second)
+				return err
+			})
+		})
+	}
+	for _, h := range benchwrap.Variants() {
+		b.Run(h.Name, func(b *testing.B) {
+			hw := benchwrap.New(benchTP(b), "nats", h.Full)
+			ctx := testenv.Parent(h.Sampled)
+			extra := requestAttrs(server(url), len(payload))
+			run(b, func(nc *nats.Conn, subj string) error {
+				m := &nats.Msg{Subject: subj, Data: payload, Header: nats.Header{}}
+				_, span := hw.Request(ctx, subj, benchwrap.NATSCarrier(m.Header), extra)
+				_, err := nc.RequestMsg(m, 5*time.Second)
+				benchwrap.End(span, err)
+				return err
+			})
+		})
+	}
+}
+
+// requestAttrs are the attributes tracebridge records on a request span
+// beyond the minimal ones.
+func requestAttrs(srv []attribute.KeyValue, size int) benchwrap.Extra {
+	return func(a []attribute.KeyValue) []attribute.KeyValue {
+		return append(append(a, srv...), semconv.MessagingMessageBodySize(size))
+	}
+}
+
+// jsStream is a row's own connection and a memory stream of its own, named
+// like its one subject.
+func jsStream(b *testing.B, url string) (*nats.Conn, jetstream.Stream, string) {
+	nc := connect(b, url)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		b.Fatal(err)
+	}
+	subj := unique(b, "jsbench")
+	return nc, stream(b, js, jetstream.StreamConfig{Name: subj, Subjects: []string{subj}}), subj
+}
+
+// ackAttrs records the PubAck's stream and sequence as tracebridge does,
+// for the handfull rows.
+func ackAttrs(span trace.Span, ack *jetstream.PubAck) {
+	if ack != nil && span.IsRecording() {
+		span.SetAttributes(tnats.StreamKey.String(ack.Stream), tnats.StreamSequenceKey.Int64(int64(ack.Sequence)))
+	}
+}
+
+// BenchmarkJetStreamPublish publishes b.N messages with PublishMsg, each
+// waiting for its PubAck. tracebridge's send span and the hand-written
+// ones end at the ack; tracebridge and handfull record its stream and
+// sequence.
+func BenchmarkJetStreamPublish(b *testing.B) {
+	url := testenv.NATS(b)
+	payload := make([]byte, 128)
+	run := func(b *testing.B, publish func() error) {
+		b.ReportAllocs()
+		start := time.Now()
+		cpu := benchwrap.CPU(b)
+		for b.Loop() {
+			if err := publish(); err != nil {
+				b.Fatal(err)
+			}
+		}
+		cpu(b.N)
+		msgsPerSec(b, start)
+	}
+	b.Run("raw", func(b *testing.B) {
+		nc, _, subj := jsStream(b, url)
+		js, _ := jetstream.New(nc)
+		ctx := context.Background()
+		run(b, func() error {
+			_, err := js.PublishMsg(ctx, &nats.Msg{Subject: subj, Data: payload})
+			return err
+		})
+	})
+	for _, v := range benchVariants(b) {
+		b.Run(v.name, func(b *testing.B) {
+			nc, _, subj := jsStream(b, url)
+			tjs, err := tnats.NewJetStream(nc, nil, v.opts...)
+			if err != nil {
+				b.Fatal(err)
+			}
+			run(b, func() error {
+				_, err := tjs.PublishMsg(v.ctx, &nats.Msg{Subject: subj, Data: payload})
+				return err
+			})
+		})
+	}
+	for _, h := range benchwrap.Variants() {
+		b.Run(h.Name, func(b *testing.B) {
+			nc, _, subj := jsStream(b, url)
+			js, _ := jetstream.New(nc)
+			hw := benchwrap.New(benchTP(b), "nats", h.Full)
+			ctx := testenv.Parent(h.Sampled)
+			extra := sendAttrs(ctx, server(url), len(payload))
+			run(b, func() error {
+				m := &nats.Msg{Subject: subj, Data: payload, Header: nats.Header{}}
+				sctx, span := hw.Send(ctx, subj, benchwrap.NATSCarrier(m.Header), extra)
+				ack, err := js.PublishMsg(sctx, m)
+				if h.Full {
+					ackAttrs(span, ack)
+				}
+				benchwrap.End(span, err)
+				return err
+			})
+		})
+	}
+}
+
+// ackSpans is the hand-written async publish that records the PubAck: the
+// send spans wait in a map for JetStream's ack and error handlers.
+type ackSpans struct {
+	mu sync.Mutex
+	m  map[*nats.Msg]trace.Span
+}
+
+func (a *ackSpans) take(m *nats.Msg) trace.Span {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	s := a.m[m]
+	delete(a.m, m)
+	return s
+}
+
+func (a *ackSpans) ack(_ jetstream.JetStream, m *nats.Msg, ack *jetstream.PubAck) {
+	if s := a.take(m); s != nil {
+		ackAttrs(s, ack)
+		s.End()
+	}
+}
+
+func (a *ackSpans) fail(_ jetstream.JetStream, m *nats.Msg, err error) {
+	if s := a.take(m); s != nil {
+		benchwrap.End(s, err)
+	}
+}
+
+// BenchmarkJetStreamPublishAsync publishes b.N messages with
+// PublishMsgAsync and waits for all their acks. tracebridge's send span
+// ends at the ack and records the stream and sequence; so does handfull's
+// (through JetStream's ack handlers), while hand's ends when
+// PublishMsgAsync returns. The wrapjetstream rows are WrapJetStream, whose
+// spans end on a relay of each future.
+func BenchmarkJetStreamPublishAsync(b *testing.B) {
+	url := testenv.NATS(b)
+	payload := make([]byte, 128)
+	run := func(b *testing.B, js jetstream.JetStream, publish func() (jetstream.PubAckFuture, error)) {
+		b.ReportAllocs()
+		start := time.Now()
+		cpu := benchwrap.CPU(b)
+		var last jetstream.PubAckFuture
+		for b.Loop() {
+			f, err := publish()
+			if err != nil {
+				b.Fatal(err)
+			}
+			last = f
+		}
+		select {
+		case <-js.PublishAsyncComplete():
+		case <-time.After(time.Minute):
+			b.Fatalf("%d acks pending", js.PublishAsyncPending())
+		}
+		// A relayed future (WrapJetStream) is told after the span ended.
+		select {
+		case <-last.Ok():
+		case err := <-last.Err():
+			b.Fatal(err)
+		}
+		cpu(b.N)
+		msgsPerSec(b, start)
+	}
+	b.Run("raw", func(b *testing.B) {
+		nc, _, subj := jsStream(b, url)
+		js, _ := jetstream.New(nc)
+		run(b, js, func() (jetstream.PubAckFuture, error) {
+			return js.PublishMsgAsync(&nats.Msg{Subject: subj, Data: payload})
+		})
+	})
+	tb := func(v benchVariant, wrap bool) func(b *testing.B) {
+		return func(b *testing.B) {
+			nc, _, subj := jsStream(b, url)
+			var tjs *tnats.JetStream
+			if wrap {
+				js, _ := jetstream.New(nc)
+				tjs = tnats.WrapJetStream(js, v.opts...)
+			} else {
+				var err error
+				if tjs, err = tnats.NewJetStream(nc, nil, v.opts...); err != nil {
+					b.Fatal(err)
+				}
+			}
+			run(b, tjs.JetStream, func() (jetstream.PubAckFuture, error) {
+				return tjs.PublishMsgAsync(v.ctx, &nats.Msg{Subject: subj, Data: payload})
 			})
 		}
 	}
 	for _, v := range benchVariants(b) {
-		b.Run(v.name, wrapped(v, false))
+		b.Run(v.name, tb(v, false))
+	}
+	for _, v := range benchVariants(b)[:3] {
+		b.Run("wrapjetstream-"+v.name, tb(v, true))
 	}
 	for _, h := range benchwrap.Variants() {
 		b.Run(h.Name, func(b *testing.B) {
-			var js jetstream.JetStream
+			nc, _, subj := jsStream(b, url)
 			hw := benchwrap.New(benchTP(b), "nats", h.Full)
 			ctx := testenv.Parent(h.Sampled)
-			extra := sendAttrs(ctx, url, len(payload))
-			run(b, func(subj string) error {
+			extra := sendAttrs(ctx, server(url), len(payload))
+			if !h.Full {
+				js, _ := jetstream.New(nc)
+				run(b, js, func() (jetstream.PubAckFuture, error) {
+					m := &nats.Msg{Subject: subj, Data: payload, Header: nats.Header{}}
+					_, span := hw.Send(ctx, subj, benchwrap.NATSCarrier(m.Header), extra)
+					f, err := js.PublishMsgAsync(m)
+					benchwrap.End(span, err)
+					return f, err
+				})
+				return
+			}
+			spans := &ackSpans{m: map[*nats.Msg]trace.Span{}}
+			js, _ := jetstream.New(nc, jetstream.WithPublishAsyncAckHandler(spans.ack), jetstream.WithPublishAsyncErrHandler(spans.fail))
+			run(b, js, func() (jetstream.PubAckFuture, error) {
 				m := &nats.Msg{Subject: subj, Data: payload, Header: nats.Header{}}
 				_, span := hw.Send(ctx, subj, benchwrap.NATSCarrier(m.Header), extra)
-				_, err := js.PublishMsgAsync(m)
-				benchwrap.End(span, err)
-				return err
-			}, func(cons jetstream.Consumer, n *atomic.Int64) (jetstream.ConsumeContext, error) {
-				js, _ = jetstream.New(connect(b, url))
+				spans.mu.Lock()
+				spans.m[m] = span
+				spans.mu.Unlock()
+				f, err := js.PublishMsgAsync(m)
+				if err != nil && spans.take(m) != nil {
+					benchwrap.End(span, err)
+				}
+				return f, err
+			})
+		})
+	}
+}
+
+// BenchmarkJetStreamConsume consumes and acks b.N messages published
+// beforehand, each with a journey of its own under an unsampled or a
+// sampled parent: raw, tracebridge's NewConsumer and the hand-written
+// Consume callback.
+func BenchmarkJetStreamConsume(b *testing.B) {
+	url := testenv.NATS(b)
+	payload := make([]byte, 128)
+	run := func(b *testing.B, sampled bool, consume func(nc *nats.Conn, cons jetstream.Consumer, n *atomic.Int64) (jetstream.ConsumeContext, error)) {
+		nc, st, subj := jsStream(b, url)
+		js, _ := jetstream.New(nc)
+		parentCtx := testenv.Parent(sampled)
+		parent := trace.SpanContextFromContext(parentCtx)
+		prop := carrier.NewPropagator()
+		for i := range b.N {
+			// Each message's creation context is a span of its own, as a
+			// producer's send span would be.
+			var id trace.SpanID
+			binary.BigEndian.PutUint64(id[:], uint64(i)+1)
+			h := nats.Header{}
+			prop.Inject(trace.ContextWithRemoteSpanContext(parentCtx, parent.WithSpanID(id)), tnats.HeaderCarrier(h))
+			if _, err := js.PublishMsgAsync(&nats.Msg{Subject: subj, Data: payload, Header: h}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		select {
+		case <-js.PublishAsyncComplete():
+		case <-time.After(time.Minute):
+			b.Fatal("publishes not acked")
+		}
+		cons := consumer(b, st, jetstream.ConsumerConfig{Durable: "c", MaxAckPending: -1})
+		var n atomic.Int64
+		b.ReportAllocs()
+		b.ResetTimer()
+		start := time.Now()
+		cpu := benchwrap.CPU(b)
+		cc, err := consume(nc, cons, &n)
+		if err != nil {
+			b.Fatal(err)
+		}
+		deadline := time.Now().Add(2 * time.Minute)
+		for n.Load() < int64(b.N) {
+			if time.Now().After(deadline) {
+				b.Fatalf("handled %d of %d", n.Load(), b.N)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		cpu(b.N)
+		b.StopTimer()
+		msgsPerSec(b, start)
+		cc.Stop()
+		<-cc.Closed()
+	}
+	for _, sampled := range []bool{false, true} {
+		mode := "unsampled"
+		if sampled {
+			mode = "sampled"
+		}
+		b.Run("raw-"+mode, func(b *testing.B) {
+			run(b, sampled, func(_ *nats.Conn, cons jetstream.Consumer, n *atomic.Int64) (jetstream.ConsumeContext, error) {
+				return cons.Consume(func(m jetstream.Msg) {
+					_ = m.Headers()
+					n.Add(1)
+					_ = m.Ack()
+				})
+			})
+		})
+	}
+	for _, v := range benchVariants(b) {
+		b.Run(v.name, func(b *testing.B) {
+			run(b, trace.SpanContextFromContext(v.ctx).IsSampled(), func(nc *nats.Conn, cons jetstream.Consumer, n *atomic.Int64) (jetstream.ConsumeContext, error) {
+				js, _ := jetstream.New(nc)
+				return tnats.NewConsumer(js, cons, v.opts...).Consume(func(context.Context, jetstream.Msg) error {
+					n.Add(1)
+					return nil
+				})
+			})
+		})
+	}
+	for _, h := range benchwrap.Variants() {
+		b.Run(h.Name, func(b *testing.B) {
+			hw := benchwrap.New(benchTP(b), "nats", h.Full)
+			srv := server(url)
+			run(b, h.Sampled, func(_ *nats.Conn, cons jetstream.Consumer, n *atomic.Int64) (jetstream.ConsumeContext, error) {
 				return cons.Consume(func(m jetstream.Msg) {
 					var extra benchwrap.Extra
 					if h.Full {
-						extra = receiveAttrs(url, &nats.Msg{Data: m.Data()}, "c")
+						extra = consumeAttrs(srv, m)
 					}
 					_, span := hw.Receive(context.Background(), m.Subject(), benchwrap.NATSCarrier(m.Headers()), extra)
 					n.Add(1)
@@ -394,6 +658,18 @@ func BenchmarkJetStream(b *testing.B) {
 			})
 		})
 	}
-	// WrapJetStream waits for each async publish's ack on a goroutine.
-	b.Run("unsampled-wrapjetstream", wrapped(benchVariants(b)[0], true))
+}
+
+// consumeAttrs are the attributes tracebridge records on a JetStream
+// process span beyond the minimal ones: receiveAttrs' and the message's
+// stream position.
+func consumeAttrs(srv []attribute.KeyValue, m jetstream.Msg) benchwrap.Extra {
+	return func(a []attribute.KeyValue) []attribute.KeyValue {
+		a = append(append(a, srv...), semconv.MessagingConsumerGroupName("c"), semconv.MessagingMessageBodySize(len(m.Data())))
+		if md, err := m.Metadata(); err == nil {
+			a = append(a, attribute.Int("tracebridge.attempt", int(md.NumDelivered)), tnats.StreamKey.String(md.Stream),
+				tnats.StreamSequenceKey.Int64(int64(md.Sequence.Stream)), tnats.DeliveredKey.Int64(int64(md.NumDelivered)))
+		}
+		return a
+	}
 }

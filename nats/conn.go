@@ -2,6 +2,7 @@ package nats
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"strconv"
@@ -120,16 +121,27 @@ func headerCarrier(nc *natsgo.Conn, m *natsgo.Msg) propagation.TextMapCarrier {
 // and when the reply carries the responder's context (see Respond) the
 // span links to it.
 func (c *Conn) Request(ctx context.Context, subj string, data []byte, timeout time.Duration) (*natsgo.Msg, error) {
-	return c.RequestMsg(ctx, &natsgo.Msg{Subject: subj, Data: data}, timeout)
+	if c.Conn == nil || !c.Conn.HeadersSupported() {
+		return c.RequestMsg(ctx, &natsgo.Msg{Subject: subj, Data: data}, timeout)
+	}
+	// As in Publish: nats.go encodes the request's headers before sending
+	// it and keeps nothing of the message, so the header map is reused.
+	in := injectors.Get().(*injector)
+	reply, err := c.requestMsg(ctx, &natsgo.Msg{Subject: subj, Data: data, Header: natsgo.Header(in.h)}, in, timeout)
+	in.reset()
+	injectors.Put(in)
+	return reply, err
 }
 
 // RequestMsg is Request for a prepared message; the journey is written into
 // m.Header. ctx's cancellation also ends the wait.
 func (c *Conn) RequestMsg(ctx context.Context, m *natsgo.Msg, timeout time.Duration) (*natsgo.Msg, error) {
-	ctx, op := c.t.StartClient(ctx, headerCarrier(c.Conn, m), "request", c.describe(m.Subject, len(m.Data)))
-	rctx, cancel := context.WithTimeout(ctx, timeout)
-	reply, err := c.Conn.RequestMsgWithContext(rctx, m)
-	cancel()
+	return c.requestMsg(ctx, m, headerCarrier(c.Conn, m), timeout)
+}
+
+func (c *Conn) requestMsg(ctx context.Context, m *natsgo.Msg, hc propagation.TextMapCarrier, timeout time.Duration) (*natsgo.Msg, error) {
+	ctx, op := c.t.StartClient(ctx, hc, "request", c.describe(m.Subject, len(m.Data)))
+	reply, err := c.request(ctx, m, timeout)
 	if err != nil {
 		err = fmt.Errorf("nats: request to %q: %w", m.Subject, err)
 	} else if sc, ok := carrier.ParseTraceparent(HeaderCarrier(reply.Header).Get(c.t.Carrier().Names().Traceparent)); ok {
@@ -138,6 +150,25 @@ func (c *Conn) RequestMsg(ctx context.Context, m *natsgo.Msg, timeout time.Durat
 	}
 	op.End(ctx, err)
 	return reply, err
+}
+
+// request waits up to timeout for m's reply, or until ctx ends. A context
+// that can never end (no Done channel, as under context.Background) needs
+// no context of its own for the timeout: nats.go's timed RequestMsg takes a
+// pooled timer, where WithTimeout costs a context, a channel and a timer
+// per request. Its timeout error is reported as the context's would be,
+// so both ways fail alike.
+func (c *Conn) request(ctx context.Context, m *natsgo.Msg, timeout time.Duration) (*natsgo.Msg, error) {
+	if ctx.Done() == nil && timeout > 0 {
+		reply, err := c.Conn.RequestMsg(m, timeout)
+		if errors.Is(err, natsgo.ErrTimeout) {
+			err = context.DeadlineExceeded
+		}
+		return reply, err
+	}
+	rctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	return c.Conn.RequestMsgWithContext(rctx, m)
 }
 
 // Respond replies to req with data and carries ctx's span (the responder's

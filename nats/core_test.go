@@ -78,6 +78,43 @@ func TestRequestTimeoutIsAnErrorOnTheSpan(t *testing.T) {
 	}
 }
 
+// TestRequestTimeoutFailsAlikeWithAnyContext: a request nobody answers
+// fails at its timeout with context.DeadlineExceeded whether or not its
+// context can end (Request times a context that cannot with nats.go's own
+// timer), and a cancelled context ends the wait early.
+func TestRequestTimeoutFailsAlikeWithAnyContext(t *testing.T) {
+	url := testenv.NATS(t)
+	tel := testenv.NewTelemetry(t)
+	silent := connect(t, url)
+	subj := unique(t, "silent")
+	if _, err := silent.Subscribe(subj, func(*natsgo.Msg) {}); err != nil {
+		t.Fatal(err)
+	}
+	if err := silent.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	c := tnats.Wrap(connect(t, url), tel.Options()...)
+	cancellable, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for _, ctx := range []context.Context{context.Background(), cancellable} {
+		start := time.Now()
+		_, err := c.Request(ctx, subj, nil, 200*time.Millisecond)
+		if !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, natsgo.ErrTimeout) {
+			t.Fatalf("err = %v, want context.DeadlineExceeded", err)
+		}
+		if waited := time.Since(start); waited < 200*time.Millisecond {
+			t.Fatalf("gave up after %v", waited)
+		}
+	}
+	time.AfterFunc(50*time.Millisecond, cancel)
+	if _, err := c.Request(cancellable, subj, nil, time.Minute); !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v after the context was cancelled, want context.Canceled", err)
+	}
+	if s := tel.Named("request " + subj); len(s) != 3 || s[0].Status().Code != codes.Error {
+		t.Fatalf("want three request spans with status Error, got %v", s)
+	}
+}
+
 func TestQueueGroupAndWildcardAttributes(t *testing.T) {
 	url := testenv.NATS(t)
 	tel := testenv.NewTelemetry(t)

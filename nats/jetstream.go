@@ -3,6 +3,7 @@ package nats
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -65,7 +66,8 @@ type JetStream struct {
 // waits for its ack on a goroutine of its own, which ends with the ack, the
 // error, DefaultAsyncAckTimeout (or a shorter
 // jetstream.WithPublishAsyncTimeout set on js) or the connection's Close,
-// whichever comes first. NewJetStream avoids the goroutine, and lets the
+// whichever comes first. The publishes of a moment share one timer for
+// the ack timeout, which therefore fires up to a sixteenth of it late. NewJetStream avoids the goroutine, and lets the
 // ack timeout be longer, when you create the JetStream.
 func WrapJetStream(js jetstream.JetStream, opts ...tracebridge.Option) *JetStream {
 	j := &JetStream{JetStream: js, t: msgtrace.New("nats", opts), ackTimeout: DefaultAsyncAckTimeout}
@@ -110,7 +112,9 @@ func NewJetStream(nc *natsgo.Conn, jsOpts []jetstream.JetStreamOpt, opts ...trac
 // closeWatch tells a JetStream's pending async publishes that the
 // connection has closed: nats.go fails them on a reconnect, but at Close
 // it leaves them pending forever. Its goroutine runs only while publishes
-// are pending, so an idle JetStream costs none, and ends at the close.
+// are pending, so an idle JetStream costs none, and ends at the close. It
+// also keeps the shared ack deadlines of WrapJetStream's relays, whose
+// timers likewise live only while publishes are pending.
 type closeWatch struct {
 	nc *natsgo.Conn
 	// onClose, when set, runs once when the connection has closed, before
@@ -125,6 +129,42 @@ type closeWatch struct {
 	// idle stops the running watcher when nothing is pending any more;
 	// nil while none runs.
 	idle chan struct{}
+	// due is the ack deadline last handed out (see deadline), closed at
+	// dueAt by one of timers, which close the deadlines still open.
+	due    chan struct{}
+	dueAt  time.Time
+	timers []*time.Timer
+}
+
+// deadlineSlack divides an ack timeout into the slack a relay may wait
+// beyond it: the publishes made within that slack of each other share one
+// deadline, and its timer, instead of setting one each.
+const deadlineSlack = 16
+
+// deadline returns a channel that closes at least timeout from now and at
+// most timeout/deadlineSlack later. Call it between begin and end: its
+// timers live only while publishes are pending.
+func (w *closeWatch) deadline(timeout time.Duration) <-chan struct{} {
+	at := time.Now().Add(timeout)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.due != nil && !w.dueAt.Before(at) {
+		return w.due
+	}
+	due := make(chan struct{})
+	w.due, w.dueAt = due, at.Add(timeout/deadlineSlack)
+	var t *time.Timer
+	// The timer's function takes w.mu, so it sees t assigned.
+	t = time.AfterFunc(time.Until(w.dueAt), func() {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		close(due)
+		if i := slices.Index(w.timers, t); i >= 0 {
+			w.timers = slices.Delete(w.timers, i, i+1)
+		}
+	})
+	w.timers = append(w.timers, t)
+	return due
 }
 
 // begin counts a pending publish, starting the watcher for the first.
@@ -141,10 +181,18 @@ func (w *closeWatch) begin() {
 func (w *closeWatch) end() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.n--; w.n == 0 && w.idle != nil {
+	if w.n--; w.n != 0 {
+		return
+	}
+	if w.idle != nil {
 		close(w.idle)
 		w.idle = nil
 	}
+	// Nobody waits for a deadline any more.
+	for _, t := range w.timers {
+		t.Stop()
+	}
+	w.timers, w.due = nil, nil
 }
 
 func (w *closeWatch) run(status chan natsgo.Status, idle chan struct{}) {
@@ -323,6 +371,15 @@ func (j *JetStream) PublishAsync(ctx context.Context, subj string, data []byte, 
 // timeout or when the connection closes.
 func (j *JetStream) PublishMsgAsync(ctx context.Context, m *natsgo.Msg, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
 	ctx, op := j.startSend(ctx, m)
+	if j.pending != nil && op.Inert() {
+		// Nothing to end at the ack (an unsampled message, no metrics):
+		// nothing to keep for it either.
+		f, err := j.JetStream.PublishMsgAsync(m, opts...)
+		if err != nil {
+			return nil, fmt.Errorf("nats: JetStream async publish to %q: %w", m.Subject, err)
+		}
+		return f, nil
+	}
 	if j.pending != nil {
 		// Registered first: the ack can arrive before PublishMsgAsync
 		// returns.
@@ -349,24 +406,22 @@ func (j *JetStream) PublishMsgAsync(ctx context.Context, m *natsgo.Msg, opts ...
 	}
 	// The inner future hands its result out once; this one takes it to
 	// end the span and hands it on.
-	tf := &pubAckFuture{inner: f, ok: make(chan *jetstream.PubAck, 1), err: make(chan error, 1)}
+	tf := &pubAckFuture{inner: f}
 	j.watch.begin()
-	go j.relay(ctx, op, m.Subject, f, tf)
+	go j.relay(ctx, op, m.Subject, f, tf, j.watch.deadline(j.ackTimeout))
 	return tf, nil
 }
 
-// relay waits for f's outcome, bounded by the ack timeout and the
+// relay waits for f's outcome, bounded by the ack deadline and the
 // connection's close, ends the span with it and hands it on to tf.
-func (j *JetStream) relay(ctx context.Context, op msgtrace.Op, subj string, f jetstream.PubAckFuture, tf *pubAckFuture) {
+func (j *JetStream) relay(ctx context.Context, op msgtrace.Op, subj string, f jetstream.PubAckFuture, tf *pubAckFuture, deadline <-chan struct{}) {
 	defer j.watch.end()
-	timer := time.NewTimer(j.ackTimeout)
-	defer timer.Stop()
 	var ack *jetstream.PubAck
 	var err, gaveUp error
 	select {
 	case ack = <-f.Ok():
 	case err = <-f.Err():
-	case <-timer.C:
+	case <-deadline:
 		gaveUp = fmt.Errorf("no PubAck within %v: %w", j.ackTimeout, jetstream.ErrAsyncPublishTimeout)
 	case <-j.watch.closed:
 		gaveUp = fmt.Errorf("no PubAck before the connection closed: %w", natsgo.ErrConnectionClosed)
@@ -383,20 +438,62 @@ func (j *JetStream) relay(ctx context.Context, op msgtrace.Op, subj string, f je
 	}
 	if err != nil {
 		op.End(ctx, fmt.Errorf("nats: JetStream async publish to %q: %w", subj, err))
-		tf.err <- err
-		return
+	} else {
+		setAck(op.Span, ack)
+		op.End(ctx, nil)
 	}
-	setAck(op.Span, ack)
-	op.End(ctx, nil)
-	tf.ok <- ack
+	tf.settle(ack, err)
 }
 
+// pubAckFuture is the future WrapJetStream hands out, told by the relay
+// once the span has ended. Like nats.go's own, it makes its channels when
+// first asked for them: a publisher that waits with PublishAsyncComplete
+// and never reads its futures pays for none.
 type pubAckFuture struct {
 	inner jetstream.PubAckFuture
-	ok    chan *jetstream.PubAck
-	err   chan error
+
+	mu   sync.Mutex
+	ack  *jetstream.PubAck
+	err  error
+	ok   chan *jetstream.PubAck
+	errc chan error
 }
 
-func (f *pubAckFuture) Ok() <-chan *jetstream.PubAck { return f.ok }
-func (f *pubAckFuture) Err() <-chan error            { return f.err }
-func (f *pubAckFuture) Msg() *natsgo.Msg             { return f.inner.Msg() }
+// settle records the outcome and hands it to the channel asked for so far.
+func (f *pubAckFuture) settle(ack *jetstream.PubAck, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.ack, f.err = ack, err
+	if err == nil && f.ok != nil {
+		f.ok <- ack
+	}
+	if err != nil && f.errc != nil {
+		f.errc <- err
+	}
+}
+
+func (f *pubAckFuture) Ok() <-chan *jetstream.PubAck {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.ok == nil {
+		f.ok = make(chan *jetstream.PubAck, 1)
+		if f.ack != nil && f.err == nil {
+			f.ok <- f.ack
+		}
+	}
+	return f.ok
+}
+
+func (f *pubAckFuture) Err() <-chan error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.errc == nil {
+		f.errc = make(chan error, 1)
+		if f.err != nil {
+			f.errc <- f.err
+		}
+	}
+	return f.errc
+}
+
+func (f *pubAckFuture) Msg() *natsgo.Msg { return f.inner.Msg() }

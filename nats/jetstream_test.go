@@ -417,6 +417,24 @@ func TestAsyncPublishSpans(t *testing.T) {
 				}
 			}
 
+			// A future read only once its span has ended still tells the
+			// ack.
+			late, err := tjs.PublishAsync(testenv.Parent(true), subj, []byte("late"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			testenv.WaitFor(t, "the late send span", 5*time.Second, func() bool { return len(tel.Named("send "+subj)) == n+1 })
+			select {
+			case ack := <-late.Ok():
+				if ack.Sequence != n+1 {
+					t.Fatalf("late future acked sequence %d, want %d", ack.Sequence, n+1)
+				}
+			case err := <-late.Err():
+				t.Fatalf("late future: %v", err)
+			case <-time.After(5 * time.Second):
+				t.Fatal("late future has no outcome")
+			}
+
 			// The same message twice while the first is pending (nats.go
 			// refuses the second at once): each publish's span ends once.
 			again := unique(t, "again")

@@ -59,6 +59,15 @@ func (w *Wrapper) Send(ctx context.Context, dest string, c propagation.TextMapCa
 	return ctx, span
 }
 
+// Request starts the CLIENT span of a request-reply round trip to dest
+// and injects its context into c; end it when the reply (or the error)
+// is in.
+func (w *Wrapper) Request(ctx context.Context, dest string, c propagation.TextMapCarrier, extra Extra) (context.Context, trace.Span) {
+	ctx, span := w.start(ctx, "request", semconv.MessagingOperationTypeSend, trace.SpanKindClient, dest, extra)
+	w.prop.Inject(ctx, c)
+	return ctx, span
+}
+
 // Receive extracts the journey from c and starts the CONSUMER span that a
 // handler runs in, up to and including its ack or commit.
 func (w *Wrapper) Receive(ctx context.Context, dest string, c propagation.TextMapCarrier, extra Extra) (context.Context, trace.Span) {

@@ -17,6 +17,15 @@ import (
 	"strings"
 )
 
+// labels name paths whose benchmark name alone does not say what they
+// measure; other paths are shown as "package Benchmark".
+var labels = map[string]string{
+	"nats CoreRequest":           "NATS core request (reply from a raw responder)",
+	"nats JetStreamPublish":      "JetStream publish (waits for each PubAck)",
+	"nats JetStreamPublishAsync": "JetStream async publish (all PubAcks awaited)",
+	"nats JetStreamConsume":      "JetStream consume + ack",
+}
+
 // sample is one row's numbers in one round.
 type sample struct{ cpu, allocs float64 }
 
@@ -95,7 +104,11 @@ func main() {
 			for i := range min(len(tbo), len(fo)) {
 				ratios = append(ratios, tbo[i]/fo[i])
 			}
-			fmt.Printf("| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", path, mode,
+			label := path
+			if l, ok := labels[path]; ok {
+				label = l
+			}
+			fmt.Printf("| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", label, mode,
 				cpu(tb), cpu(hand), cpu(full), al(tb), al(hand), al(full), spread(ratios, 2))
 			// A path whose tracebridge side is a machine of its own (the
 			// jobs runner: IDs, timeouts, settling) also gets a line with

@@ -146,7 +146,7 @@ func BenchmarkCorePublish(b *testing.B) {
 			nc := connect(b, url)
 			subj := unique(b, "bench")
 			hw := benchwrap.New(benchTP(b), "nats", h.Full)
-			ctx := testenv.Parent(h.Sampled)
+			ctx := benchwrap.SessionInBaggage(testenv.Parent(h.Sampled))
 			extra := sendAttrs(ctx, server(url), len(payload))
 			b.ReportAllocs()
 			start := time.Now()
@@ -331,7 +331,7 @@ func BenchmarkCoreRequest(b *testing.B) {
 	for _, h := range benchwrap.Variants() {
 		b.Run(h.Name, func(b *testing.B) {
 			hw := benchwrap.New(benchTP(b), "nats", h.Full)
-			ctx := testenv.Parent(h.Sampled)
+			ctx := benchwrap.SessionInBaggage(testenv.Parent(h.Sampled))
 			extra := requestAttrs(server(url), len(payload))
 			run(b, func(nc *nats.Conn, subj string) error {
 				m := &nats.Msg{Subject: subj, Data: payload, Header: nats.Header{}}
@@ -418,7 +418,7 @@ func BenchmarkJetStreamPublish(b *testing.B) {
 			nc, _, subj := jsStream(b, url)
 			js, _ := jetstream.New(nc)
 			hw := benchwrap.New(benchTP(b), "nats", h.Full)
-			ctx := testenv.Parent(h.Sampled)
+			ctx := benchwrap.SessionInBaggage(testenv.Parent(h.Sampled))
 			extra := sendAttrs(ctx, server(url), len(payload))
 			run(b, func() error {
 				m := &nats.Msg{Subject: subj, Data: payload, Header: nats.Header{}}
@@ -532,7 +532,7 @@ func BenchmarkJetStreamPublishAsync(b *testing.B) {
 		b.Run(h.Name, func(b *testing.B) {
 			nc, _, subj := jsStream(b, url)
 			hw := benchwrap.New(benchTP(b), "nats", h.Full)
-			ctx := testenv.Parent(h.Sampled)
+			ctx := benchwrap.SessionInBaggage(testenv.Parent(h.Sampled))
 			extra := sendAttrs(ctx, server(url), len(payload))
 			if !h.Full {
 				js, _ := jetstream.New(nc)

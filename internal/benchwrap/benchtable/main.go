@@ -17,13 +17,26 @@ import (
 	"strings"
 )
 
-// labels name paths whose benchmark name alone does not say what they
-// measure; other paths are shown as "package Benchmark".
+// labels are the README's names of the paths; a path without one is
+// shown as "package Benchmark".
 var labels = map[string]string{
+	"kafka Writer/b100":          "Kafka `Writer`, batches of 100",
+	"kafka Writer/b1":            "Kafka `Writer`, one message",
+	"kafka Consume":              "Kafka `Consumer` (hand: own `Reader` loop)",
+	"kafka Reader":               "Kafka own `Reader` loop on `kafka.NewReader`",
+	"kafka BatchConsume":         "Kafka `BatchConsumer` (hand: own loop, 100 a batch)",
+	"jobs EnqueueRun":            "jobs enqueue + run (raw: a goroutine pool)",
+	"nats CorePublish":           "NATS core publish",
+	"nats CoreSubscribe":         "NATS core subscribe",
 	"nats CoreRequest":           "NATS core request (reply from a raw responder)",
 	"nats JetStreamPublish":      "JetStream publish (waits for each PubAck)",
 	"nats JetStreamPublishAsync": "JetStream async publish (all PubAcks awaited)",
 	"nats JetStreamConsume":      "JetStream consume + ack",
+	"amqp Publish/noconfirm":     "RabbitMQ publish, no confirms",
+	"amqp Publish/confirm":       "RabbitMQ publish, confirms (waits for each)",
+	"amqp Publish/confirmwindow": "RabbitMQ publish, confirms awaited 100 at a time",
+	"amqp Consume":               "RabbitMQ `Consumer` (hand: own loop)",
+	"amqp Consume Tracer loop":   "RabbitMQ `Tracer` in the user's own loop",
 }
 
 // sample is one row's numbers in one round.
@@ -121,7 +134,7 @@ func main() {
 				for i := range min(len(tbo), len(fo)) {
 					ratios = append(ratios, tbo[i]/fo[i])
 				}
-				fmt.Printf("| %s, tracing only | %s | %s | %s | %s | %s | %s | %s | %s |\n", path, mode,
+				fmt.Printf("| jobs: the runner's tracing alone (raw: the runner, untraced) | %s | %s | %s | %s | %s | %s | %s | %s |\n", mode,
 					spread(tbo, 1), cpu(hand), cpu(full),
 					spread(over(tb, own, func(x sample) float64 { return x.allocs }), 0), al(hand), al(full), spread(ratios, 2))
 			}

@@ -67,8 +67,10 @@ type JetStream struct {
 // error, DefaultAsyncAckTimeout (or a shorter
 // jetstream.WithPublishAsyncTimeout set on js) or the connection's Close,
 // whichever comes first. The publishes of a moment share one timer for
-// the ack timeout, which therefore fires up to a sixteenth of it late. NewJetStream avoids the goroutine, and lets the
-// ack timeout be longer, when you create the JetStream.
+// the ack timeout (a timer per publish cost more than the publish's
+// span), which therefore fires up to a sixteenth of it late. NewJetStream
+// avoids the goroutine, and lets the ack timeout be longer, when you
+// create the JetStream.
 func WrapJetStream(js jetstream.JetStream, opts ...tracebridge.Option) *JetStream {
 	j := &JetStream{JetStream: js, t: msgtrace.New("nats", opts), ackTimeout: DefaultAsyncAckTimeout}
 	j.host, j.port = serverOf(js.Conn())

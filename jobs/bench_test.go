@@ -184,8 +184,7 @@ func BenchmarkEnqueueRun(b *testing.B) {
 				return span
 			}
 			receive := func(j poolJob) (context.Context, trace.Span) {
-				// The stock propagator does not carry the session, so the
-				// process span has none, as in the Kafka hand rows.
+				// The session comes with the baggage; Receive records it.
 				return w.Receive(context.Background(), "jobs", propagation.MapCarrier(j.headers), func(a []attribute.KeyValue) []attribute.KeyValue {
 					return append(common(a, j), attribute.Int("tracebridge.attempt", 1))
 				})

@@ -54,7 +54,7 @@ type Extra func(dst []attribute.KeyValue) []attribute.KeyValue
 // Send starts the PRODUCER span of one message to dest and injects its
 // context into c.
 func (w *Wrapper) Send(ctx context.Context, dest string, c propagation.TextMapCarrier, extra Extra) (context.Context, trace.Span) {
-	ctx, span := w.start(ctx, "send", semconv.MessagingOperationTypeSend, trace.SpanKindProducer, dest, extra)
+	ctx, span := w.start(ctx, "send", semconv.MessagingOperationTypeSend, trace.SpanKindProducer, dest, extra, "")
 	w.prop.Inject(ctx, c)
 	return ctx, span
 }
@@ -63,24 +63,34 @@ func (w *Wrapper) Send(ctx context.Context, dest string, c propagation.TextMapCa
 // and injects its context into c; end it when the reply (or the error)
 // is in.
 func (w *Wrapper) Request(ctx context.Context, dest string, c propagation.TextMapCarrier, extra Extra) (context.Context, trace.Span) {
-	ctx, span := w.start(ctx, "request", semconv.MessagingOperationTypeSend, trace.SpanKindClient, dest, extra)
+	ctx, span := w.start(ctx, "request", semconv.MessagingOperationTypeSend, trace.SpanKindClient, dest, extra, "")
 	w.prop.Inject(ctx, c)
 	return ctx, span
 }
 
 // Receive extracts the journey from c and starts the CONSUMER span that a
-// handler runs in, up to and including its ack or commit.
+// handler runs in, up to and including its ack or commit. A Full wrapper
+// records the session the message's baggage carries as session.id, as
+// tracebridge records the session it reads.
 func (w *Wrapper) Receive(ctx context.Context, dest string, c propagation.TextMapCarrier, extra Extra) (context.Context, trace.Span) {
-	return w.start(w.prop.Extract(ctx, c), "process", semconv.MessagingOperationTypeProcess, trace.SpanKindConsumer, dest, extra)
+	ctx = w.prop.Extract(ctx, c)
+	session := ""
+	if w.full {
+		session = baggage.FromContext(ctx).Member(string(semconv.SessionIDKey)).Value()
+	}
+	return w.start(ctx, "process", semconv.MessagingOperationTypeProcess, trace.SpanKindConsumer, dest, extra, session)
 }
 
-func (w *Wrapper) start(ctx context.Context, op string, opType attribute.KeyValue, kind trace.SpanKind, dest string, extra Extra) (context.Context, trace.Span) {
+func (w *Wrapper) start(ctx context.Context, op string, opType attribute.KeyValue, kind trace.SpanKind, dest string, extra Extra, session string) (context.Context, trace.Span) {
 	var attrs []attribute.KeyValue
 	if w.full {
 		attrs = make([]attribute.KeyValue, 0, 12)
 		attrs = append(attrs, w.system, opType, semconv.MessagingOperationName(op), semconv.MessagingDestinationName(dest))
 		if extra != nil {
 			attrs = extra(attrs)
+		}
+		if session != "" {
+			attrs = append(attrs, semconv.SessionID(session))
 		}
 	} else {
 		attrs = []attribute.KeyValue{w.system, semconv.MessagingOperationName(op), semconv.MessagingDestinationName(dest)}

@@ -89,7 +89,7 @@ func main() {
 		}
 		f.Close()
 	}
-	fmt.Println("| path | mode | tracebridge CPU µs | hand CPU µs | hand+attrs CPU µs | tracebridge allocs | hand allocs | hand+attrs allocs | tb/hand+attrs CPU (median ratio) |")
+	fmt.Println("| path | parent | tracebridge CPU µs | hand CPU µs | hand + attrs CPU µs | tracebridge allocs | hand allocs | hand + attrs allocs | tracebridge / hand + attrs, CPU |")
 	fmt.Println("|---|---|---|---|---|---|---|---|---|")
 	for _, path := range order {
 		rows := rounds[path]

@@ -79,15 +79,61 @@ func (c HeaderCarrier) Keys() []string {
 	return keys
 }
 
+// readCarrier is the carrier a delivered message's journey is read
+// through. HeaderCarrier looks at every key on every read for case
+// variants of the name it reads; a header whose keys are all lowercase
+// (what tracebridge and most clients write) cannot hold a variant of a
+// lowercase name, so one look at its keys here spares each of the
+// propagator's reads its own.
+func readCarrier(h natsgo.Header) propagation.TextMapCarrier {
+	for k := range h {
+		if hasUpper(k) {
+			return HeaderCarrier(h)
+		}
+	}
+	return lowerHeader(h)
+}
+
+// lowerHeader is a HeaderCarrier over a header whose keys are all
+// lowercase (see readCarrier): a lowercase name is read with one lookup.
+type lowerHeader natsgo.Header
+
+var _ propagation.ValuesGetter = lowerHeader(nil)
+
+func (c lowerHeader) Get(key string) string {
+	if v := c.Values(key); len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
+func (c lowerHeader) Values(key string) []string {
+	if hasUpper(key) {
+		return HeaderCarrier(c).Values(key)
+	}
+	return c[key]
+}
+
+func (c lowerHeader) Set(key, value string) { HeaderCarrier(c).Set(key, value) }
+
+func (c lowerHeader) Keys() []string { return HeaderCarrier(c).Keys() }
+
 // lower returns s in lowercase without allocating when it already is, which
 // is the case for every name the propagators use by default.
 func lower(s string) string {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; 'A' <= c && c <= 'Z' {
-			return strings.ToLower(s)
-		}
+	if hasUpper(s) {
+		return strings.ToLower(s)
 	}
 	return s
+}
+
+func hasUpper(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; 'A' <= c && c <= 'Z' {
+			return true
+		}
+	}
+	return false
 }
 
 // injector writes a message's headers with one allocation for all their

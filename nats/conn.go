@@ -299,7 +299,7 @@ func (c *Conn) callback(base context.Context, subj, queue string, h MsgHandler) 
 		tmpl = subj
 	}
 	return func(m *natsgo.Msg) {
-		d := msgtrace.Delivery{Message: c.describe(m.Subject, len(m.Data)), Carrier: HeaderCarrier(m.Header)}
+		d := msgtrace.Delivery{Message: c.describe(m.Subject, len(m.Data)), Carrier: readCarrier(m.Header)}
 		d.DestinationTemplate, d.ConsumerGroup = tmpl, queue
 		ctx, p := c.t.StartProcess(base, d)
 		err := msgtrace.Call(func() error { h(ctx, m); return nil })

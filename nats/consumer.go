@@ -168,7 +168,7 @@ func (c *Consumer) FetchBatch(ctx context.Context, batch int, h BatchHandler, op
 	carriers := make([]propagation.TextMapCarrier, len(msgs))
 	size := 0
 	for i, m := range msgs {
-		carriers[i] = HeaderCarrier(m.Headers())
+		carriers[i] = readCarrier(m.Headers())
 		size += len(m.Data())
 	}
 	desc := msgtrace.Message{Destination: c.dest, BodySize: size, ConsumerGroup: c.group, ServerAddress: c.host, ServerPort: c.port}
@@ -206,7 +206,7 @@ func (c *Consumer) FetchBatch(ctx context.Context, batch int, h BatchHandler, op
 // Extract returns ctx with msg's journey (trace parent, baggage, session),
 // for a batch handler that works on one message of its batch.
 func (c *Consumer) Extract(ctx context.Context, msg jetstream.Msg) context.Context {
-	return c.t.Extract(ctx, HeaderCarrier(msg.Headers()))
+	return c.t.Extract(ctx, readCarrier(msg.Headers()))
 }
 
 // Handle runs h for one message (from Next, say) in its process span and
@@ -238,7 +238,7 @@ func (c *Consumer) delivery(msg jetstream.Msg) msgtrace.Delivery {
 	d := msgtrace.Delivery{
 		Message: msgtrace.Message{Destination: msg.Subject(), BodySize: len(msg.Data()), ConsumerGroup: c.group,
 			ServerAddress: c.host, ServerPort: c.port},
-		Carrier: HeaderCarrier(h),
+		Carrier: readCarrier(h),
 	}
 	if h != nil {
 		d.ID = h.Get(jetstream.MsgIDHeader)

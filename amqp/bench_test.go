@@ -257,53 +257,45 @@ func fill(b *testing.B, url, q string, n int) {
 	}
 }
 
+// ownLoop is a user's own delivery loop over a queue filled with b.N
+// messages: prefetch 2, one delivery at a time handed to handle, which
+// settles it. The raw, hand-written and Tracer rows differ only in handle.
+func ownLoop(b *testing.B, url string, handle func(q string, d amqp091.Delivery) error) {
+	q := uniqueQueue(b, url, "benchc")
+	fill(b, url, q, b.N)
+	_, ch := dial(b, url)
+	if err := ch.Qos(2, 0, false); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	cpu := benchwrap.CPU(b)
+	ds, err := ch.Consume(q, "", false, false, false, false, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for range b.N {
+		if err := handle(q, <-ds); err != nil {
+			b.Fatal(err)
+		}
+	}
+	cpu(b.N)
+	b.StopTimer()
+	reportRate(b)
+}
+
 func BenchmarkConsume(b *testing.B) {
 	url := testenv.AMQP(b)
 	tps := benchProviders(b)
 	b.Run("raw", func(b *testing.B) {
-		q := uniqueQueue(b, url, "benchc")
-		fill(b, url, q, b.N)
-		_, ch := dial(b, url)
-		if err := ch.Qos(2, 0, false); err != nil {
-			b.Fatal(err)
-		}
-		b.ReportAllocs()
-		b.ResetTimer()
-		cpu := benchwrap.CPU(b)
-		ds, err := ch.Consume(q, "", false, false, false, false, nil)
-		if err != nil {
-			b.Fatal(err)
-		}
-		for range b.N {
-			d := <-ds
-			if err := d.Ack(false); err != nil {
-				b.Fatal(err)
-			}
-		}
-		cpu(b.N)
-		b.StopTimer()
-		reportRate(b)
+		ownLoop(b, url, func(_ string, d amqp091.Delivery) error { return d.Ack(false) })
 	})
 	for _, h := range benchwrap.Variants() {
 		b.Run(h.Name, func(b *testing.B) {
-			q := uniqueQueue(b, url, "benchc")
-			fill(b, url, q, b.N)
-			_, ch := dial(b, url)
-			if err := ch.Qos(2, 0, false); err != nil {
-				b.Fatal(err)
-			}
 			hw := benchwrap.New(tps[modeName(h.Sampled)], "rabbitmq", h.Full)
 			var n atomic.Int64
 			handler := func(context.Context, amqp091.Delivery) error { n.Add(1); return nil }
-			b.ReportAllocs()
-			b.ResetTimer()
-			cpu := benchwrap.CPU(b)
-			ds, err := ch.Consume(q, "", false, false, false, false, nil)
-			if err != nil {
-				b.Fatal(err)
-			}
-			for range b.N {
-				d := <-ds
+			ownLoop(b, url, func(q string, d amqp091.Delivery) error {
 				ctx, span := hw.Receive(context.Background(), q, benchwrap.AMQPCarrier(d.Headers), func(a []attribute.KeyValue) []attribute.KeyValue {
 					return append(a, semconv.MessagingMessageBodySize(len(d.Body)),
 						semconv.MessagingRabbitMQMessageDeliveryTag(int(d.DeliveryTag)),
@@ -314,51 +306,27 @@ func BenchmarkConsume(b *testing.B) {
 					err = d.Ack(false)
 				}
 				benchwrap.End(span, err)
-				if err != nil {
-					b.Fatal(err)
-				}
-			}
-			cpu(b.N)
-			b.StopTimer()
-			reportRate(b)
+				return err
+			})
 		})
 	}
 	for _, name := range []string{"unsampled", "sampled"} {
 		// The Tracer in a delivery loop of the user's own, the same loop
 		// as the hand-written rows': its own path in the README's table.
 		b.Run("tracer-"+name, func(b *testing.B) {
-			q := uniqueQueue(b, url, "benchc")
-			fill(b, url, q, b.N)
-			_, ch := dial(b, url)
-			if err := ch.Qos(2, 0, false); err != nil {
-				b.Fatal(err)
-			}
 			tr := amqp.NewTracer(tracebridge.WithTracerProvider(tps[name]))
 			var n atomic.Int64
 			handler := func(context.Context, amqp091.Delivery) error { n.Add(1); return nil }
-			b.ReportAllocs()
-			b.ResetTimer()
-			cpu := benchwrap.CPU(b)
-			ds, err := ch.Consume(q, "", false, false, false, false, nil)
-			if err != nil {
-				b.Fatal(err)
-			}
-			for range b.N {
-				ctx, d := tr.StartProcess(context.Background(), <-ds)
+			ownLoop(b, url, func(_ string, raw amqp091.Delivery) error {
+				ctx, d := tr.StartProcess(context.Background(), raw)
 				err := handler(ctx, d.Delivery)
 				if err == nil {
-					err = d.Ack(false) // settles, then ends the span
-				} else {
-					d.Fail(err)
-					_ = d.Nack(false, true)
+					return d.Ack(false) // settles, then ends the span
 				}
-				if err != nil {
-					b.Fatal(err)
-				}
-			}
-			cpu(b.N)
-			b.StopTimer()
-			reportRate(b)
+				d.Fail(err)
+				_ = d.Nack(false, true)
+				return err
+			})
 		})
 	}
 	for _, name := range []string{"unsampled", "sampled"} {

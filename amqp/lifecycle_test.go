@@ -3,6 +3,7 @@ package amqp_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -510,4 +511,57 @@ func TestNewPublisherLeavesNothingAfterItsChannelCloses(t *testing.T) {
 		}
 	})
 	goleak.VerifyNone(t, leaks)
+}
+
+// TestDialPublisherCloseWithAbandonedMandatoryConfirms gives up on a burst
+// of mandatory, confirmed publishes the broker returns (their contexts end
+// before any answer, so each leaves a goroutine waiting to forget its
+// return) and closes the publisher at once: Close returns within the
+// bound, and none of those goroutines outlives it.
+func TestDialPublisherCloseWithAbandonedMandatoryConfirms(t *testing.T) {
+	leaks := goleak.IgnoreCurrent()
+	p, err := amqp.DialPublisher(testenv.AMQP(t), tracebridge.WithConfirms())
+	if err != nil {
+		t.Fatal(err)
+	}
+	nowhere := fmt.Sprintf("tb.abandoned.%d", time.Now().UnixNano())
+	gone, cancel := context.WithCancel(context.Background())
+	cancel()
+	var confs []*amqp.Confirmation
+	for i := range 200 {
+		msg := amqp091.Publishing{MessageId: strconv.Itoa(i), Body: make([]byte, 1024)}
+		if i%2 == 0 {
+			if err := p.PublishWithContext(gone, "", nowhere, true, false, msg); !abandonedOrReturned(err) {
+				t.Fatalf("publish %d under an ended context: %v, want context.Canceled or the broker's return", i, err)
+			}
+			continue
+		}
+		c, err := p.PublishWithDeferredConfirm(context.Background(), "", nowhere, true, false, msg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Wait(gone); !abandonedOrReturned(err) {
+			t.Fatalf("Wait %d under an ended context: %v, want context.Canceled or the broker's return", i, err)
+		}
+		confs = append(confs, c)
+	}
+	first := make([]error, len(confs))
+	for i, c := range confs {
+		first[i] = c.Wait(gone)
+	}
+	testenv.Within(t, "Close", closeBound, func() { _ = p.Close() })
+	for i, c := range confs {
+		if err := c.Wait(context.Background()); err != first[i] {
+			t.Fatalf("a Wait after Close gave %v, the Waits before it %v", err, first[i])
+		}
+	}
+	goleak.VerifyNone(t, leaks)
+}
+
+// abandonedOrReturned is what a mandatory publish to nowhere may report
+// when its waiter gives up: the waiter's context error, or the broker's
+// return if that arrived first; never success.
+func abandonedOrReturned(err error) bool {
+	var ret *amqp.ReturnedError
+	return errors.Is(err, context.Canceled) || errors.As(err, &ret)
 }
